@@ -1,0 +1,37 @@
+"""Shared test fixtures: paths to ../shared/fixtures and the repo root."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ARCFACE_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+SPEC = SHARED / "spec"
+MXNET_PYTHON = Path(os.environ.get("MXNET_PYTHON", REPO / ".venv-mxnet" / "bin" / "python"))
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"shared fixtures not found at {FIXTURES} (set ARCFACE_SHARED)")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def spec_dir() -> Path:
+    return SPEC
+
+
+@pytest.fixture(scope="session")
+def mxnet_python() -> Path:
+    """The interpreter of the MXNet 1.9.1 side environment; .ci/run creates it."""
+    if not MXNET_PYTHON.exists():
+        pytest.fail(f"MXNet side environment missing: {MXNET_PYTHON} (run bash .ci/setup_mxnet)")
+    return MXNET_PYTHON
