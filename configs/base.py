@@ -13,13 +13,14 @@ config.margin_scale = 64.0              # new: the scale s (hard-coded 64 in the
 config.network = "r50"
 config.resume = False                   # False | True (checkpoint must exist) | "auto" (resume when one exists)
 config.save_all_states = False
+config.save_checkpoint = False          # the seed fork's name for save_all_states (either one turns it on)
 config.output = None                    # None -> work_dirs/<config file name>
 
 config.embedding_size = 512
 
 # Partial FC
 config.sample_rate = 1.0
-config.interclass_filtering_threshold = 0
+config.interclass_filtering_threshold = 0.0
 
 config.fp16 = False                     # CUDA: float16 autocast + GradScaler; CPU: bfloat16 autocast (no scaler)
 config.batch_size = 128

@@ -1,0 +1,127 @@
+"""Every file in configs/ loads; the standard configs keep the original's values; the seed configs agree
+with the seed README's workflow."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from backbones import MODEL_NAMES
+from conftest import REPO, SHARED
+from utils.utils_config import get_config
+
+CONFIGS = REPO / "configs"
+# demo.py generates its data set on import; it is tested with the demo.
+NOT_LOOPED = {"demo.py", "__init__.py"}
+ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.py") if p.name not in NOT_LOOPED)
+
+SEED_SETS = ("dcface", "cemiface", "vec2face", "uiface")
+SEED_TARGETS = ["lfw", "cfp_fp", "agedb_30", "cplfw", "calfw"]
+
+# Values read from deepinsight/insightface recognition/arcface_torch/configs/<name>.py.
+ORIGINAL = {
+    "ms1mv2_r50": dict(network="r50", margin_list=(1.0, 0.5, 0.0), num_classes=85742, num_image=5822653,
+                       lr=0.1, weight_decay=1e-4, batch_size=128, num_epoch=20, warmup_epoch=0),
+    "ms1mv3_r50": dict(network="r50", margin_list=(1.0, 0.5, 0.0), num_classes=93431, num_image=5179510,
+                       lr=0.1, weight_decay=5e-4, batch_size=128, num_epoch=20, warmup_epoch=0),
+    "ms1mv3_r50_onegpu": dict(network="r50", num_classes=93431, num_image=5179510, lr=0.02, num_epoch=20),
+    "ms1mv3_r100": dict(network="r100", num_classes=93431, num_image=5179510, lr=0.2, num_epoch=25,
+                        warmup_epoch=0),
+    "glint360k_r50": dict(network="r50", margin_list=(1.0, 0.0, 0.4), num_classes=360232, num_image=17091657,
+                          lr=0.1, weight_decay=1e-4, num_epoch=20),
+    "glint360k_r100": dict(network="r100", margin_list=(1.0, 0.0, 0.4), num_classes=360232,
+                           num_image=17091657, lr=0.1, weight_decay=1e-4, num_epoch=20),
+    "wf42m_pfc02_r100": dict(network="r100", margin_list=(1.0, 0.0, 0.4), sample_rate=0.2,
+                             num_classes=2059906, num_image=42474557, verbose=10000, num_epoch=20),
+    "wf42m_pfc02_16gpus_r100": dict(network="r100", sample_rate=0.2, batch_size=256, lr=0.3, warmup_epoch=1),
+    "wf42m_pfc03_40epoch_8gpu_vit_t": dict(network="vit_t_dp005_mask0", margin_list=(1.0, 0.0, 0.4),
+                                           sample_rate=0.3, optimizer="adamw", lr=0.001, weight_decay=0.1,
+                                           batch_size=512, num_epoch=40, warmup_epoch=4, val_targets=[]),
+    "wf42m_pfc03_40epoch_8gpu_vit_b": dict(network="vit_b_dp005_mask_005", batch_size=256, gradient_acc=12,
+                                           optimizer="adamw", num_epoch=40, warmup_epoch=4),
+    "wf12m_conflict_r50_pfc03_filter04": dict(sample_rate=0.3, interclass_filtering_threshold=0.4,
+                                              num_classes=1017970, num_image=12720066, warmup_epoch=2),
+    "ms1mv3_mbf": dict(network="mbf", embedding_size=512, weight_decay=1e-4, num_epoch=40,
+                       num_classes=93431, num_image=5179510),
+    "glint360k_mbf": dict(network="mbf", margin_list=(1.0, 0.0, 0.4), num_classes=360232, num_epoch=20),
+}
+
+
+def load(name: str):
+    return get_config(str(CONFIGS / name))
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_every_config_loads_with_a_known_backbone(name):
+    cfg = load(name)
+    assert cfg.network in MODEL_NAMES, f"{name}: network {cfg.network!r} is not a backbone name"
+    assert Path(cfg.output) == Path("work_dirs") / name[:-3]
+
+
+def test_the_expected_configs_exist():
+    names = {name[:-3] for name in ALL_CONFIGS}
+    expected = set(ORIGINAL) | set(SEED_SETS) | {"vec2face_irse50"}
+    assert expected <= names, f"missing: {sorted(expected - names)}"
+    assert any(cfg.startswith("wf42m") and "vit" in cfg for cfg in names)
+    assert any(cfg.endswith("mbf") for cfg in names)
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL))
+def test_standard_configs_keep_the_original_values(name):
+    cfg = load(f"{name}.py")
+    for key, value in ORIGINAL[name].items():
+        assert cfg[key] == value, f"{name}: {key} = {cfg[key]!r}, the original has {value!r}"
+    assert cfg.fp16 is True and cfg.resume is False and cfg.dali is False
+    text = (CONFIGS / f"{name}.py").read_text()
+    assert f"values from the original arcface_torch configs/{name}.py" in text
+    assert "from easydict import EasyDict as edict" in text and "config = edict()" in text
+
+
+def seed_table() -> dict[str, tuple[int, int]]:
+    """{dataset: (identities, images)} from the comparison table of the seed README ('10K / 0.55M')."""
+    text = (SHARED / "seed" / "README-original.md").read_text()
+    rows = re.findall(r"^\| (\w+) \| (\d+)K / ([\d.]+)M \|", text, flags=re.M)
+    return {name.lower(): (int(ids) * 1000, round(float(images) * 1e6)) for name, ids, images in rows}
+
+
+@pytest.mark.parametrize("name", SEED_SETS)
+def test_seed_configs(name):
+    cfg = load(f"{name}.py")
+    assert cfg.network == "LResNet50E_IR"
+    assert cfg.val_targets == SEED_TARGETS
+    assert cfg.rec == f"./rec/{name}"
+    assert cfg.num_classes == "auto" and cfg.num_image == "auto"
+    assert cfg.fp16 is True and cfg.save_all_states is True and cfg.sample_rate == 1.0
+    assert cfg.optimizer == "sgd" and cfg.lr == 0.1 and cfg.batch_size in (128, 256)
+    assert 20 <= cfg.num_epoch <= 30 and 0 < cfg.warmup_epoch < cfg.num_epoch
+    assert cfg.margin_list == (1.0, 0.5, 0.0)
+
+
+@pytest.mark.parametrize("name", SEED_SETS)
+def test_seed_config_comments_match_the_seed_table(name):
+    identities, images = seed_table()[name]
+    text = (CONFIGS / f"{name}.py").read_text()
+    said_classes = int(re.search(r"num_classes = \"auto\"\s+# expected ([\d,]+)", text)[1].replace(",", ""))
+    said_images = int(re.search(r"num_image = \"auto\"\s+# expected ([\d,]+)", text)[1].replace(",", ""))
+    assert said_classes == identities
+    assert abs(said_images - images) <= 0.01 * images
+    cfg = load(f"{name}.py")
+    steps_per_epoch = said_images // cfg.batch_size
+    assert 0.5 * steps_per_epoch <= cfg.verbose <= 1.5 * steps_per_epoch, "verify about once per epoch"
+
+
+def test_vec2face_irse50_recipe():
+    cfg = load("vec2face_irse50.py")
+    assert cfg.network == "ir_se50"
+    assert cfg.num_epoch == 26 and cfg.warmup_epoch == 0
+    assert cfg.lr_scheduler == "step" and tuple(cfg.lr_steps) == (12, 20, 24) and cfg.lr_gamma == 0.1
+    assert cfg.aug_random_erasing == 0.5 and cfg.aug_flip is True
+    assert (cfg.lr, cfg.batch_size, cfg.momentum, cfg.weight_decay) == (0.1, 128, 0.9, 5e-4)
+    assert cfg.margin_list == (1.0, 0.5, 0.0) and cfg.embedding_size == 512
+    assert cfg.rec == "./rec/vec2face" and cfg.val_targets == SEED_TARGETS
+
+
+def test_seed_config_accepts_set_overrides():
+    cfg = get_config(str(CONFIGS / "dcface.py"), ["lr=0.02", "num_epoch=30", "warmup_epoch=0", "num_image=5000000"])
+    assert (cfg.lr, cfg.num_epoch, cfg.warmup_epoch, cfg.num_image) == (0.02, 30, 0, 5000000)
