@@ -1,9 +1,17 @@
 """Image decoding and the one input normalisation every backbone expects."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+
+with warnings.catch_warnings():
+    # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they stay the fastest here.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from torchvision.io import ImageReadMode, decode_image
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 from utils.errors import DataError
 
