@@ -1,0 +1,298 @@
+"""PartialFC_V2 (https://arxiv.org/abs/2203.15565): class centres sharded over ranks, margin softmax.
+
+Semantics follow the original arcface_torch ``partial_fc_v2.py``:
+- rank r holds ``C//W + (r < C%W)`` class centres starting at ``C//W*r + min(r, C%W)``;
+- embeddings and labels of every rank are all-gathered; in backward each rank receives the sum
+  over ranks of the gradient of its own rows times W (DDP's averaging then yields dL/dtheta);
+- the softmax cross-entropy runs over all classes of all ranks (all-reduce of max and sum), and a
+  sample's loss is ``-log(max(p, 1e-30))``;
+- ``sample_rate < 1`` keeps every positive centre of the global batch plus uniformly drawn
+  negatives, ``int(sample_rate * num_local)`` in all (at least 1; only the positives if they are
+  more), sorted; only kept rows get gradient.
+Works without a process group (one process) and with gloo or NCCL.
+
+``fp16=True`` runs the matmuls in half precision like the original's autocast: float16 on CUDA,
+bfloat16 on every other device (CPU); norms and the logits are float32.
+
+Without fp16 the cosine logits come from ``x_n @ W.T`` scaled by ``1/|W_j|`` (one fused autograd
+function): no normalised copy of the weight is made, which saves a weight-sized buffer and its
+gradient at sample_rate 1.0 (the original's ``linear(normalize(x), normalize(W))`` keeps both).
+
+The step is free of device synchronisation when ``int(sample_rate * num_local)`` is at least the
+global batch size (always true in practice); below that, a positive count is read each step.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Callable
+
+import torch
+from torch import distributed
+from torch.nn.functional import normalize
+
+from utils.errors import ConfigError, DataError
+
+PROB_FLOOR = 1e-30
+NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps
+
+
+def _rank_world() -> tuple[int, int]:
+    if distributed.is_available() and distributed.is_initialized():
+        return distributed.get_rank(), distributed.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(tensor: torch.Tensor, op) -> None:
+    if _rank_world()[1] > 1:
+        distributed.all_reduce(tensor, op)
+
+
+def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
+    """(class_start, num_local) of ``rank``'s shard, the original's uneven split."""
+    base, extra = divmod(num_classes, world_size)
+    return base * rank + min(rank, extra), base + int(rank < extra)
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    world = _rank_world()[1]
+    out = tensor.new_empty((world * tensor.size(0),) + tuple(tensor.shape[1:]))
+    gather = getattr(distributed, "all_gather_single", None) or distributed.all_gather_into_tensor
+    gather(out, tensor.contiguous())
+    return out
+
+
+class AllGatherFunc(torch.autograd.Function):
+    """All-gather along dim 0; backward sums the gradient over ranks and scales it by world size."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        return _all_gather(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rank, world = _rank_world()
+        grad = grad.contiguous().clone()
+        distributed.all_reduce(grad, distributed.ReduceOp.SUM)
+        rows = grad.size(0) // world
+        return grad[rank * rows:(rank + 1) * rows] * world
+
+
+AllGather = AllGatherFunc.apply
+
+
+class DistCrossEntropyFunc(torch.autograd.Function):
+    """Softmax cross-entropy over class shards; rows whose label is -1 have their class elsewhere.
+
+    Works in place on ``logits`` (the margin's fresh output) and on its saved probabilities in
+    backward, like the original: the graph can be backpropagated once.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        label = label.reshape(-1, 1)
+        valid = label != -1
+        cols = label.clamp_min(0)
+        max_logits = logits.amax(dim=1, keepdim=True)
+        _all_reduce(max_logits, distributed.ReduceOp.MAX)
+        logits.sub_(max_logits).exp_()
+        sum_exp = logits.sum(dim=1, keepdim=True)
+        _all_reduce(sum_exp, distributed.ReduceOp.SUM)
+        logits.div_(sum_exp)
+        target_prob = logits.gather(1, cols).masked_fill_(~valid, 0.0)
+        _all_reduce(target_prob, distributed.ReduceOp.SUM)
+        ctx.save_for_backward(logits, cols, valid)
+        return target_prob.clamp_min_(PROB_FLOOR).log_().mean().neg()
+
+    @staticmethod
+    def backward(ctx, loss_gradient: torch.Tensor):
+        probs, cols, valid = ctx.saved_tensors
+        probs.scatter_add_(1, cols, valid.to(probs.dtype).neg())
+        probs.mul_(loss_gradient / probs.size(0))
+        return probs, None
+
+
+class DistCrossEntropy(torch.nn.Module):
+    def forward(self, logit_part: torch.Tensor, label_part: torch.Tensor) -> torch.Tensor:
+        return DistCrossEntropyFunc.apply(logit_part, label_part)
+
+
+def _half_dtype(device: torch.device) -> torch.dtype:
+    """fp16 autocast's dtype: float16 on CUDA, bfloat16 elsewhere (CPU)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+class NormalizedLinear(torch.autograd.Function):
+    """``clamp(x_n @ normalize(W[index]).T, -1, 1)``; float32 without materialising normalize(W).
+
+    ``x_n`` is already L2-normalised; ``index`` None uses every row. The weight gradient is dense
+    (zeros outside ``index``), as autograd of ``normalize(W[index])`` would give. Full precision
+    scales the columns of ``x_n @ W.T`` by ``1/|W_j|`` (no normalised copy of the weight); with a
+    ``compute_dtype`` (fp16 autocast) both matmuls run on a normalised copy of the rows in that dtype,
+    like the original's autocast, and the result is float32. The clamp passes no gradient where it
+    clamped (|cos| = 1).
+    """
+
+    @staticmethod
+    def forward(ctx, norm_x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor | None,
+                compute_dtype: torch.dtype | None) -> torch.Tensor:
+        rows = weight.detach() if index is None else weight.detach().index_select(0, index)
+        out_dtype = torch.promote_types(norm_x.dtype, rows.dtype)
+        norms = torch.linalg.vector_norm(rows, dim=1, dtype=out_dtype)
+        inv_norm = norms.clamp_min(NORM_EPS).reciprocal_()
+        if compute_dtype is None:
+            x_c, rows_c = norm_x, rows
+            cos = torch.mm(norm_x, rows.t()).mul_(inv_norm)
+        else:
+            x_c = norm_x.to(compute_dtype)
+            rows_c = (rows * inv_norm.unsqueeze(1).to(rows.dtype)).to(compute_dtype)
+            cos = torch.mm(x_c, rows_c.t()).to(out_dtype)
+        cos.clamp_(-1.0, 1.0)
+        ctx.save_for_backward(x_c, rows, rows_c, norms, inv_norm, cos, index)
+        ctx.weight_meta = (weight.shape, weight.dtype, weight.device)
+        ctx.x_dtype = norm_x.dtype
+        ctx.low_precision = compute_dtype is not None
+        return cos
+
+    @staticmethod
+    def backward(ctx, grad_cos: torch.Tensor):
+        x_c, rows, rows_c, norms, inv_norm, cos, index = ctx.saved_tensors
+        clamped = cos.abs() >= 1.0
+        if ctx.low_precision:  # d/d(x_n) and d/d(normalised rows) in the compute dtype
+            grad = grad_cos.masked_fill(clamped, 0.0)
+            grad_c = grad.to(x_c.dtype)
+            radial_scale = inv_norm * inv_norm
+        else:  # fold 1/|W_j| into the gradient's columns
+            grad = (grad_cos * inv_norm).masked_fill_(clamped, 0.0)
+            grad_c = grad
+            radial_scale = inv_norm
+        grad_x = torch.mm(grad_c, rows_c).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_rows = torch.mm(grad_c.t(), x_c).to(rows.dtype)
+            if ctx.low_precision:
+                grad_rows.mul_(inv_norm.unsqueeze(1).to(rows.dtype))
+            radial = (grad * cos).sum(dim=0).mul_(radial_scale).masked_fill_(norms < NORM_EPS, 0.0)
+            grad_rows.addcmul_(rows, radial.to(rows.dtype).unsqueeze(1), value=-1.0)
+            grad_weight = grad_rows if index is None else _scatter_rows(grad_rows, index, *ctx.weight_meta)
+        return grad_x, grad_weight, None, None
+
+
+def _scatter_rows(rows: torch.Tensor, index: torch.Tensor, shape, dtype, device) -> torch.Tensor:
+    return torch.zeros(shape, dtype=dtype, device=device).index_add_(0, index, rows)
+
+
+def _sorted_nonzero(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices of the ``size`` set entries of ``mask`` in ascending order, without a host sync."""
+    if mask.device.type in ("cpu", "cuda"):
+        return torch.nonzero_static(mask, size=size).view(-1)
+    return mask.nonzero().view(-1)
+
+
+class PartialFC_V2(torch.nn.Module):
+    """Sharded, optionally sampled class centres + margin softmax + distributed cross-entropy.
+
+    ``forward(local_embeddings (B, D), local_labels (B,) or (B, 1)) -> loss`` (same value on every
+    rank). Every step must use the same batch size (the loader drops the last partial batch).
+    """
+
+    _version = 2
+
+    def __init__(self, margin_loss: Callable, embedding_size: int, num_classes: int,
+                 sample_rate: float = 1.0, fp16: bool = False):
+        super().__init__()
+        if not callable(margin_loss):
+            raise ConfigError("PartialFC_V2: margin_loss must be callable (e.g. CombinedMarginLoss), "
+                              f"got {margin_loss!r}")
+        self.rank, self.world_size = _rank_world()
+        _check_sizes(embedding_size, num_classes, sample_rate, self.world_size)
+        self.dist_cross_entropy = DistCrossEntropy()
+        self.embedding_size = int(embedding_size)
+        self.sample_rate = float(sample_rate)
+        self.fp16 = bool(fp16)
+        self.class_start, self.num_local = shard_range(int(num_classes), self.rank, self.world_size)
+        self.num_sample = max(1, int(self.sample_rate * self.num_local))
+        self.last_batch_size = 0
+        self.weight_index = None
+        self.weight = torch.nn.Parameter(torch.normal(0, 0.01, (self.num_local, self.embedding_size)))
+        self.margin_softmax = margin_loss
+
+    def extra_repr(self) -> str:
+        return (f"embedding_size={self.embedding_size}, num_local={self.num_local}, class_start={self.class_start}, "
+                f"sample_rate={self.sample_rate}, num_sample={self.num_sample}, fp16={self.fp16}")
+
+    def sample(self, labels: torch.Tensor, index_positive: torch.Tensor) -> torch.Tensor:
+        """The original's API: pick this step's centres, remap ``labels`` in place, return the kept rows."""
+        return self.weight.index_select(0, self._sample_index(labels, index_positive))
+
+    def _sample_index(self, labels: torch.Tensor, index_positive: torch.Tensor) -> torch.Tensor:
+        """Sorted indices of this step's centres (also ``self.weight_index``); remaps ``labels`` in place."""
+        with torch.no_grad():
+            is_positive = self._positive_mask(labels, index_positive)
+            if self.num_sample < labels.numel() and int(is_positive.sum()) > self.num_sample:
+                index = is_positive.nonzero().view(-1)
+            else:
+                index = self._draw(is_positive)
+            self.weight_index = index
+            remapped = torch.searchsorted(index, labels.clamp_min(0))
+            labels.copy_(torch.where(index_positive, remapped, labels))
+        return index
+
+    def _positive_mask(self, labels: torch.Tensor, index_positive: torch.Tensor) -> torch.Tensor:
+        slots = torch.where(index_positive, labels, self.num_local).view(-1)
+        mask = torch.zeros(self.num_local + 1, dtype=torch.bool, device=labels.device)
+        return mask.scatter_(0, slots, True)[:self.num_local]
+
+    def _draw(self, is_positive: torch.Tensor) -> torch.Tensor:
+        """All positives plus the first negatives of a random permutation, ``num_sample`` in all, sorted."""
+        order = torch.randperm(self.num_local, device=is_positive.device)
+        positive_in_order = is_positive[order]
+        negative_rank = torch.cumsum(~positive_in_order, dim=0)
+        room = self.num_sample - is_positive.sum()
+        keep = torch.empty_like(is_positive).scatter_(0, order, positive_in_order | (negative_rank <= room))
+        return _sorted_nonzero(keep, self.num_sample)
+
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
+        local_labels = local_labels.reshape(-1).long()
+        self._check_batch(local_embeddings, local_labels)
+        if self.world_size > 1:
+            embeddings = AllGather(local_embeddings)
+            labels = _all_gather(local_labels)
+        else:
+            embeddings, labels = local_embeddings, local_labels
+        labels = labels.view(-1, 1)
+        index_positive = (labels >= self.class_start) & (labels < self.class_start + self.num_local)
+        labels = torch.where(index_positive, labels - self.class_start, -1)
+        index = self._sample_index(labels, index_positive) if self.sample_rate < 1 else None
+
+        compute_dtype = _half_dtype(embeddings.device) if self.fp16 else None
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+            logits = NormalizedLinear.apply(normalize(embeddings), self.weight, index, compute_dtype)
+        logits = self.margin_softmax(logits, labels)
+        return self.dist_cross_entropy(logits, labels)
+
+    def _check_batch(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        batch_size = embeddings.size(0)
+        if labels.numel() != batch_size:
+            raise DataError(f"PartialFC_V2: {labels.numel()} labels for {batch_size} embeddings")
+        if embeddings.dim() != 2 or embeddings.size(1) != self.embedding_size:
+            raise DataError(f"PartialFC_V2: embeddings of shape {tuple(embeddings.shape)}, expected "
+                            f"(batch, {self.embedding_size}); set embedding_size to the backbone's num_features")
+        if self.last_batch_size == 0:
+            self.last_batch_size = batch_size
+        elif batch_size != self.last_batch_size:
+            raise DataError(f"PartialFC_V2: batch size {batch_size} differs from the first step's "
+                            f"{self.last_batch_size}; every step needs the same batch size on every rank "
+                            "(use drop_last=True in the data loader)")
+
+
+def _check_sizes(embedding_size: int, num_classes: int, sample_rate: float, world_size: int) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if num_classes < world_size:
+        raise ConfigError(f"num_classes ({num_classes}) is smaller than the world size ({world_size}): "
+                          "every rank needs at least one class centre; use fewer processes")
+    if isinstance(embedding_size, bool) or not isinstance(embedding_size, numbers.Integral) or embedding_size < 1:
+        raise ConfigError(f"embedding_size must be a positive integer, got {embedding_size!r}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or not 0.0 < sample_rate <= 1.0:
+        raise ConfigError(f"sample_rate must be in (0, 1] (1.0 = no sampling), got {sample_rate!r}")
