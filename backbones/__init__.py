@@ -35,6 +35,8 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "LResNet50E_IR": {"family": "lresnet", "layers": (3, 4, 14, 3), "dropout": 0.5},
     "mbf": {"family": "mbf", "blocks": (1, 4, 6, 2), "scale": 2},
     "mbf_large": {"family": "mbf", "blocks": (2, 8, 12, 4), "scale": 4},
+    # not in the original: a 0.5M-parameter MobileFaceNet for CPU demos and tests
+    "mbf_tiny": {"family": "mbf", "blocks": (1, 1, 1, 1), "scale": 1},
     "vit_t": _vit(256, 12, 0.1, 0.1, False),
     "vit_t_dp005_mask0": _vit(256, 12, 0.05, 0.0, False),
     "vit_s": _vit(512, 12, 0.1, 0.1, False),

@@ -10,7 +10,8 @@ from easydict import EasyDict as edict
 from utils.demo_data import make_demo_dataset
 
 config = edict()
-config.network = "mbf"
+config.network = "mbf_tiny"
+config.channels_last = True           # 2-3x faster grouped-conv backward on CPU
 config.embedding_size = 128
 config.margin_list = (1.0, 0.5, 0.0)
 config.rec = "work_dirs/demo_data"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backbones import MODEL_CONFIGS, MODEL_NAMES, get_model
+from backbones import MODEL_NAMES, get_model
 from backbones import iresnet as iresnet_module
 from backbones.iresnet import IResNet
 from backbones.lresnet import LResNet
@@ -197,7 +197,7 @@ def _bn(sd, prefix, x, eps=1e-5):
 
 def reference_iresnet(sd, x, prelu: str, head: str):
     """models.md's iResNet / LResNet computation, written against the state_dict keys."""
-    x = F.prelu(_bn(sd, "bn1", F.conv2d(x, sd["conv1.weight"], padding=1)), sd[("prelu" if head == "features" else "prelu1") + ".weight"])
+    x = F.prelu(_bn(sd, "bn1", F.conv2d(x, sd["conv1.weight"], padding=1)), sd[prelu + ".weight"])
     for stage in range(1, 5):
         i = 0
         while f"layer{stage}.{i}.conv1.weight" in sd:
@@ -238,7 +238,8 @@ def test_lresnet_forward_equals_reference():
 
 def reference_mbf(sd, x):
     def conv_block(x, p, stride=1, padding=0, groups=1, act=True):
-        x = _bn(sd, p + "layers.1", F.conv2d(x, sd[p + "layers.0.weight"], stride=stride, padding=padding, groups=groups))
+        x = F.conv2d(x, sd[p + "layers.0.weight"], stride=stride, padding=padding, groups=groups)
+        x = _bn(sd, p + "layers.1", x)
         return F.prelu(x, sd[p + "layers.2.weight"]) if act else x
 
     def depthwise(x, p, stride, residual):

@@ -1,0 +1,681 @@
+"""Training data: MXNet RecordIO, image folders, synthetic images and DALI, one batch contract.
+
+``get_dataloader`` returns a loader whose iteration yields ``(images, labels)``: float32
+``(B, 3, 112, 112)`` RGB normalised by ``utils.image.normalize`` ((x/255 - 0.5) / 0.5, as
+ToTensor + Normalize(0.5, 0.5)) and int64 ``(B,)``, on ``cuda:local_rank`` when CUDA is present.
+
+Speed: workers decode to uint8 CHW, flip with a tensor op and collate uint8; the main process
+normalises once per batch (on the GPU, on a side stream, when there is one). Order: every rank
+takes its shard of one permutation per (seed, epoch) (torch's DistributedSampler order),
+``drop_last`` keeps the batch size fixed, and ``set_epoch(epoch, start_batch)`` resumes mid-epoch
+without decoding the skipped batches. Random decisions (flip, RandAugment) are keyed on (seed,
+epoch, position in the epoch), RandomErasing on (seed, epoch, rank, batch): the same samples get
+the same augmentation whatever the number of workers and after a resume.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator, Optional
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from utils import recordio
+from utils.data_check import SYNTHETIC, SYNTHETIC_IMAGES, find_layout, inspect_records, read_layout, \
+    record_paths, scan_image_folder
+from utils.errors import ConfigError, DataError
+from utils.image import decode_rgb_chw, normalize
+from utils.utils_distributed import pick_device
+
+IMAGE_SIZE = 112
+AUG_DEFAULTS = {"flip": True, "random_erasing": 0.0, "randaugment": False,
+                "randaugment_num_ops": 2, "randaugment_magnitude": 9}
+ERASE_SCALE = (0.02, 0.33)          # torchvision RandomErasing defaults
+ERASE_RATIO = (0.3, 3.3)
+_ERASE_TRIES = 10
+_MASK64 = (1 << 64) - 1
+
+logger = logging.getLogger(__name__)
+
+
+class BadRecordError(DataError):
+    """A training sample could not be read or decoded."""
+
+
+def get_dataloader(root_dir: str, local_rank: int, batch_size: int, dali: bool = False,
+                   dali_aug: bool = False, seed: int = 2048, num_workers: int = 2, *,
+                   aug: Optional[dict] = None, rank: Optional[int] = None,
+                   world_size: Optional[int] = None, max_bad_samples: int = 0,
+                   num_classes: Optional[int] = None):
+    """The training loader for ``root_dir``: RecordIO, an image folder, or "synthetic".
+
+    ``aug``: see AUG_DEFAULTS (defaults reproduce the original: flip only). ``num_classes``:
+    labels >= it stop training with the file and key. ``max_bad_samples``: undecodable samples
+    replaced (with a warning each) before a BadRecordError stops training.
+    """
+    aug = resolve_aug(aug)
+    dist_rank, dist_world = get_dist_info()
+    rank = dist_rank if rank is None else rank
+    world_size = dist_world if world_size is None else world_size
+    layout = find_layout(root_dir)
+    known_classes = None
+    if layout == SYNTHETIC:
+        dataset: Dataset = SyntheticDataset()
+    elif layout == "recordio":
+        dataset = MXFaceDataset(root_dir, local_rank, aug=aug, num_classes=num_classes,
+                                budget=BadSampleBudget(max_bad_samples))
+        known_classes = inspect_records(root_dir, dataset.imgrec, dataset.imgidx.tolist(),
+                                        dataset.header, scan=False).num_classes
+    else:
+        dataset = ImageFolderDataset(root_dir, local_rank, aug=aug, num_classes=num_classes,
+                                     budget=BadSampleBudget(max_bad_samples))
+        known_classes = len(dataset.classes)
+    if dali and layout != SYNTHETIC:
+        if layout != "recordio":
+            raise ConfigError(f"dali=True reads train.rec/train.idx, but {root_dir} is an image "
+                              f"folder: pack it with python -m im2rec, or set dali=False")
+        return DALILoader(dataset, batch_size, local_rank, rank, world_size, seed, dali_aug, aug,
+                          num_classes=known_classes)
+    return FaceDataLoader(dataset, batch_size, local_rank, rank, world_size, seed, num_workers,
+                          aug, num_classes=known_classes)
+
+
+def aug_from_config(cfg: Any) -> dict:
+    """The ``aug`` dict from a config's ``aug_<name>`` keys (aug_flip, aug_random_erasing, ...)."""
+    return {key: cfg[f"aug_{key}"] for key in AUG_DEFAULTS if f"aug_{key}" in cfg}
+
+
+def get_dist_info() -> tuple[int, int]:
+    """(rank, world_size) of the process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def resolve_aug(aug: Optional[dict]) -> dict:
+    """AUG_DEFAULTS updated by ``aug``; unknown keys and bad values raise ConfigError."""
+    out = dict(AUG_DEFAULTS)
+    for key, value in (aug or {}).items():
+        if key not in out:
+            raise ConfigError(f"unknown augmentation '{key}': known are {', '.join(AUG_DEFAULTS)}")
+        out[key] = value
+    if not 0.0 <= float(out["random_erasing"]) <= 1.0:
+        raise ConfigError(f"augmentation random_erasing={out['random_erasing']} is a probability: "
+                          f"use a value in [0, 1]")
+    return out
+
+
+def mix64(*values: int) -> int:
+    """A 64-bit hash of integers (splitmix64 steps): independent seeds from (seed, epoch, ...)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
+        h ^= h >> 29
+    return h
+
+
+def _mix64_array(base: int, positions: np.ndarray) -> np.ndarray:
+    """mix64(base, p) for an array of positions (uint64 arithmetic wraps like the & mask)."""
+    with np.errstate(over="ignore"):
+        h = np.uint64(mix64(base)) ^ positions.astype(np.uint64)
+        h = h * np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+        h = h * np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+class BadSampleBudget:
+    """Distinct bad samples met so far, shared by the DataLoader worker processes of a loader.
+
+    A sample already counted is replaced again without a new warning (e.g. in the next epoch).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        ctx = multiprocessing.get_context()
+        self._count = ctx.Value("q", 0)
+        self._seen = ctx.Array("q", max(self.limit, 1), lock=False)
+
+    def is_known(self, index: int) -> bool:
+        return index in self._seen[:min(self._count.value, self.limit)]
+
+    def spend(self, index: int, err: Exception) -> None:
+        """Count sample ``index`` as bad; raise (BadRecordError) once more than ``limit`` are."""
+        with self._count.get_lock():
+            if self.is_known(index):
+                return
+            used = self._count.value = self._count.value + 1
+            if used <= self.limit:
+                self._seen[used - 1] = index
+        if used > self.limit:
+            raise BadRecordError(f"{err} (bad sample {used}, max_bad_samples={self.limit}: fix or "
+                                 f"re-pack the data, or raise config.max_bad_samples)")
+        logger.warning("skipping bad sample %d of at most %d: %s", used, self.limit, err)
+
+
+class FaceDataset(Dataset):
+    """Samples as (uint8 RGB (3,112,112) tensor, int label), augmented, bad samples replaced.
+
+    An index may be an int or (index, sample_seed); the seed keys the random flip/RandAugment.
+    """
+
+    def __init__(self, aug: Optional[dict] = None, budget: Optional[BadSampleBudget] = None,
+                 num_classes: Optional[int] = None):
+        self.aug = resolve_aug(aug)
+        self.budget = budget or BadSampleBudget(0)
+        self.num_classes = num_classes
+        self._randaugment = None
+        if self.aug["randaugment"]:
+            from torchvision.transforms import RandAugment
+            self._randaugment = RandAugment(num_ops=int(self.aug["randaugment_num_ops"]),
+                                            magnitude=int(self.aug["randaugment_magnitude"]))
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        """Decoded uint8 CHW image and label of sample ``index`` (raises DataError)."""
+        raise NotImplementedError
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
+        index, sample_seed = item if isinstance(item, tuple) else (item, None)
+        if sample_seed is None:
+            sample_seed = mix64(int(torch.randint(0, 1 << 62, ())))
+        image, label = self._load_or_replace(int(index), sample_seed)
+        return self.augment(image, sample_seed), label
+
+    def augment(self, image: torch.Tensor, sample_seed: int) -> torch.Tensor:
+        """RandAugment (if on) then the horizontal flip (p=0.5), decided by ``sample_seed``."""
+        if self._randaugment is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed & 0x7FFFFFFFFFFFFFFF)
+                image = self._randaugment(image)
+        if self.aug["flip"] and (sample_seed >> 32) & 1:
+            image = hflip(image)
+        return image
+
+    def _load_or_replace(self, index: int, sample_seed: int) -> tuple[torch.Tensor, int]:
+        tries = 0
+        while True:
+            try:
+                image, label = self.load(index)
+                break
+            except BadRecordError as err:
+                self.budget.spend(index, err)
+                tries += 1
+                index = mix64(sample_seed, tries) % len(self)
+                while self.budget.is_known(index) and tries < 1000:
+                    tries += 1
+                    index = mix64(sample_seed, tries) % len(self)
+        if image.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise DataError(f"{self.where(index)}: image is {image.shape[-2]}x{image.shape[-1]}, "
+                            f"expected {IMAGE_SIZE}x{IMAGE_SIZE} aligned faces; re-pack with "
+                            f"python -m im2rec --resize {IMAGE_SIZE}")
+        if label < 0 or (self.num_classes is not None and label >= self.num_classes):
+            raise DataError(f"{self.where(index)}: label {label} is outside 0..num_classes-1 "
+                            f"(num_classes={self.num_classes}); set num_classes = \"auto\" or "
+                            f"fix the data")
+        return image, label
+
+    def where(self, index: int) -> str:
+        """Human-readable location of a sample (file, key, byte offset)."""
+        return f"sample {index}"
+
+
+class MXFaceDataset(FaceDataset):
+    """MXNet RecordIO (train.rec + train.idx), with or without the insightface header record."""
+
+    def __init__(self, root_dir: str, local_rank: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.root_dir = root_dir
+        self.local_rank = local_rank
+        self.path_imgrec, self.path_imgidx = record_paths(root_dir)
+        self.imgrec = recordio.MXIndexedRecordIO(self.path_imgidx, self.path_imgrec, "r")
+        keys, self.header = read_layout(self.imgrec)
+        self.header0 = None if self.header is None else tuple(int(v) for v in self.header.label[:2])
+        self.imgidx = np.asarray(keys, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.imgidx)
+
+    def where(self, index: int) -> str:
+        key = int(self.imgidx[index])
+        return f"{self.path_imgrec}: key {key} at byte offset {self.imgrec.idx[key]}"
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        key = int(self.imgidx[index])
+        try:
+            record = self.imgrec.read_idx(key)     # its errors name the file, key and offset
+        except recordio.RecordIOError as err:
+            raise BadRecordError(_first_line(err)) from None
+        try:
+            header, payload = recordio.unpack(record)
+            image = decode_rgb_chw(payload)
+        except DataError as err:
+            raise BadRecordError(f"{self.where(index)}: {_first_line(err)}") from None
+        label = header.label if header.flag == 0 else header.label[0]
+        return image, int(label)
+
+
+class ImageFolderDataset(FaceDataset):
+    """One sub-folder of images per identity; classes in sorted folder order (as ImageFolder)."""
+
+    def __init__(self, root_dir: str, local_rank: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.root_dir = root_dir
+        self.local_rank = local_rank
+        self.classes, self.samples = scan_image_folder(root_dir)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def where(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            image = decode_rgb_chw(data) if path.lower().endswith((".jpg", ".jpeg", ".png")) \
+                else _decode_with_pil(data)
+        except (OSError, DataError) as err:
+            raise BadRecordError(f"{path}: {_first_line(err)}") from None
+        return image, label
+
+
+class SyntheticDataset(Dataset):
+    """One random image (label 1) repeated 1,000,000 times, as the original's synthetic data."""
+
+    def __init__(self):
+        img = np.random.randint(0, 255, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        self.img = torch.from_numpy(img).permute(2, 0, 1)   # CHW view of HWC memory, as decoders
+        self.label = 1
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
+        return self.img, self.label
+
+    def __len__(self) -> int:
+        return SYNTHETIC_IMAGES
+
+
+def hflip(image: torch.Tensor) -> torch.Tensor:
+    """Left-right flip of a uint8 (3, H, W) image; cv2.flip when its memory is HWC (as decoded).
+
+    cv2.flip copies HWC pixels several times faster than torch.flip; the result is again a CHW
+    view of HWC memory. Other layouts use torch.flip.
+    """
+    hwc = image.permute(1, 2, 0)
+    if image.dtype == torch.uint8 and hwc.is_contiguous():
+        return torch.from_numpy(cv2.flip(hwc.numpy(), 1)).permute(2, 0, 1)
+    return image.flip(-1)
+
+
+def _decode_with_pil(data: bytes) -> torch.Tensor:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            array = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"cannot decode image ({len(data)} bytes): {err}") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err)
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class DistributedBatchSampler(Sampler):
+    """Batches of (index, sample_seed) for one rank: torch DistributedSampler order + drop_last.
+
+    The epoch's permutation is ``randperm(n)`` seeded with ``seed + epoch``, padded by wrapping
+    to a multiple of ``world_size``; rank r takes positions r, r+W, ... . ``start_batch`` skips
+    that many batches of the next iteration (then resets to 0).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 2048, shuffle: bool = True):
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is outside world_size {world_size}")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch = 0
+        self.start_batch = 0
+        self.per_rank = math.ceil(num_samples / world_size)
+        self.batches_per_epoch = self.per_rank // batch_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch} "
+                             f"(batches per epoch)")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def rank_order(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch (before batching)."""
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g)
+        else:
+            order = torch.arange(self.num_samples)
+        total = self.per_rank * self.world_size
+        if total > self.num_samples:                    # pad by wrapping, as DistributedSampler
+            order = order.repeat(math.ceil(total / self.num_samples))[:total]
+        return order[self.rank:total:self.world_size]
+
+    def __iter__(self) -> Iterator[list]:
+        order, start = self.rank_order().numpy(), self.start_batch
+        self.start_batch = 0
+        return self._batches(order, start, mix64(self.seed, self.epoch))
+
+    def _batches(self, order: np.ndarray, start: int, base: int) -> Iterator[list]:
+        b = self.batch_size
+        for batch in range(start, self.batches_per_epoch):
+            local = np.arange(batch * b, (batch + 1) * b)
+            seeds = _mix64_array(base, local * self.world_size + self.rank)
+            yield list(zip(order[local].tolist(), seeds.tolist()))
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+
+class _WorkerInit:
+    """Seeds python, numpy and torch in a worker from seed + num_workers * rank + worker id."""
+
+    def __init__(self, seed: int, rank: int, num_workers: int):
+        self.seed, self.rank, self.num_workers = seed, rank, num_workers
+
+    def __call__(self, worker_id: int) -> None:
+        import random
+        worker_seed = self.seed + self.num_workers * self.rank + worker_id
+        random.seed(worker_seed)
+        np.random.seed(worker_seed % (1 << 32))
+        torch.manual_seed(worker_seed)
+
+
+def erase_boxes(n: int, p: float, generator: torch.Generator, height: int = IMAGE_SIZE,
+                width: int = IMAGE_SIZE) -> torch.Tensor:
+    """(n, 4) int64 boxes (top, left, h, w) of torchvision RandomErasing, h = 0 where none.
+
+    Same distribution as RandomErasing(p, scale=(0.02, 0.33), ratio=(0.3, 3.3)): up to 10 tries
+    of area and log-uniform aspect ratio, the first box that fits wins, none if no try fits.
+    """
+    area = height * width
+    log_ratio = torch.tensor(ERASE_RATIO).log()
+    erase_area = area * torch.empty(n, _ERASE_TRIES).uniform_(*ERASE_SCALE, generator=generator)
+    aspect = torch.exp(torch.empty(n, _ERASE_TRIES).uniform_(float(log_ratio[0]), float(log_ratio[1]),
+                                                             generator=generator))
+    h = torch.round(torch.sqrt(erase_area * aspect)).long()
+    w = torch.round(torch.sqrt(erase_area / aspect)).long()
+    fits = (h < height) & (w < width)
+    first = torch.where(fits.any(1), fits.long().argmax(1), -1)
+    rows = torch.arange(n)
+    h, w = h[rows, first.clamp(min=0)], w[rows, first.clamp(min=0)]
+    on = (first >= 0) & (torch.rand(n, generator=generator) < p)
+    top = (torch.rand(n, generator=generator) * (height - h + 1)).long()
+    left = (torch.rand(n, generator=generator) * (width - w + 1)).long()
+    return torch.stack([top, left, torch.where(on, h, 0), torch.where(on, w, 0)], 1)
+
+
+def apply_erasing(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Set each image's box to 0 (the normalised value: RandomErasing(value=0) after Normalize)."""
+    boxes = boxes.to(images.device)
+    ys = torch.arange(images.shape[-2], device=images.device)
+    xs = torch.arange(images.shape[-1], device=images.device)
+    top, left, h, w = (boxes[:, k, None] for k in range(4))
+    in_rows = (ys >= top) & (ys < top + h)
+    in_cols = (xs >= left) & (xs < left + w)
+    mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    return images.masked_fill_(mask, 0.0)
+
+
+def collate_uint8(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 (B, 3, H, W), int64 (B,)) from (image, label) samples; in shared memory in workers.
+
+    Decoded images are CHW views of HWC memory, so stacking them transposes every image;
+    cv2.split does that per image into the batch's planes about twice as fast as torch.stack.
+    """
+    images, labels = zip(*samples)
+    batch = torch.empty((len(images),) + tuple(images[0].shape), dtype=torch.uint8)
+    if get_worker_info() is not None:
+        batch.share_memory_()
+    for slot, image in zip(batch.numpy(), images):
+        hwc = image.permute(1, 2, 0)
+        if image.dtype == torch.uint8 and len(slot) == 3 and hwc.is_contiguous():
+            cv2.split(hwc.numpy(), list(slot))
+        else:
+            torch.from_numpy(slot).copy_(image)
+    return batch, torch.tensor(labels, dtype=torch.int64)
+
+
+class _BatchFinisher:
+    """Normalise a uint8 batch and apply the batch-level RandomErasing (keyed on the batch)."""
+
+    def __init__(self, seed: int, rank: int, erase_p: float):
+        self.seed, self.rank, self.erase_p = seed, rank, float(erase_p)
+
+    def __call__(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        images = normalize(images)
+        if self.erase_p > 0:
+            g = torch.Generator()
+            g.manual_seed(mix64(self.seed, epoch, self.rank, batch) & 0x7FFFFFFFFFFFFFFF)
+            images = apply_erasing(images, erase_boxes(images.shape[0], self.erase_p, g))
+        return images
+
+
+class FaceDataLoader:
+    """Iterates (images, labels) batches on the training device; see the module docstring."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, local_rank: int = 0, rank: int = 0,
+                 world_size: int = 1, seed: int = 2048, num_workers: int = 2,
+                 aug: Optional[dict] = None, num_classes: Optional[int] = None):
+        aug = resolve_aug(aug)
+        self.dataset = dataset
+        self.num_images = len(dataset)
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.local_rank, self.rank, self.world_size = local_rank, rank, world_size
+        self.device = pick_device(local_rank)
+        if self.num_images < world_size * batch_size:
+            raise ConfigError(f"{self.num_images} images cannot fill one batch of {batch_size} on "
+                              f"each of {world_size} processes: lower batch_size")
+        self.sampler = DistributedBatchSampler(self.num_images, batch_size, rank, world_size, seed)
+        self.finish = _BatchFinisher(seed, rank, aug["random_erasing"])
+        self.loader = DataLoader(
+            dataset, batch_sampler=self.sampler, num_workers=num_workers,
+            collate_fn=collate_uint8, pin_memory=self.device.type == "cuda",
+            worker_init_fn=_WorkerInit(seed, rank, num_workers) if num_workers else None,
+            prefetch_factor=4 if num_workers else None)
+
+    def __len__(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Order of ``epoch``; the next iteration starts at batch ``start_batch`` of it."""
+        self.sampler.set_epoch(epoch, start_batch)
+
+    def reset(self) -> None:
+        """Nothing to do (DALI loaders need it; kept for the same interface)."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, start = self.sampler.epoch, self.sampler.start_batch
+        batches = iter(self.loader)
+        try:
+            if self.device.type != "cuda":
+                for number, (images, labels) in enumerate(batches, start):
+                    yield self.finish(images, epoch, number), labels
+            else:
+                yield from self._cuda_prefetch(batches, epoch, start)
+        finally:
+            # stop the workers now on an error or an early break: left to the garbage collector,
+            # torch's shutdown waits 5 s per worker that is blocked on its index queue
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def _cuda_prefetch(self, batches, epoch: int, start: int):
+        """Copy and normalise batch k+1 on a side stream while the caller trains on batch k."""
+        stream = torch.cuda.Stream(self.device)
+
+        def load(number: int):
+            item = next(batches, None)
+            if item is None:
+                return None
+            with torch.cuda.stream(stream):
+                images = item[0].to(self.device, non_blocking=True)
+                labels = item[1].to(self.device, non_blocking=True)
+                return self.finish(images, epoch, number), labels
+
+        number = start
+        ready = load(number)
+        while ready is not None:
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            for tensor in ready:
+                tensor.record_stream(torch.cuda.current_stream(self.device))
+            number += 1
+            upcoming = load(number)
+            yield ready
+            ready = upcoming
+
+
+class DALILoader:
+    """NVIDIA DALI pipeline over train.rec with the same batch contract as FaceDataLoader.
+
+    ``fn.readers.mxnet`` sharded by rank (shard_id/num_shards, shuffled, pad_last_batch=False,
+    last partial batch dropped), decoded on the GPU ('mixed') when CUDA is present, on the CPU
+    (``device_id=None``) otherwise. insightface files are read through a filtered copy of the
+    .idx (image keys only, header and identity records left out), the class is label[0], and
+    the .idx is trimmed to a multiple of world_size so every rank runs the same number of steps.
+    Augmentations: flip; ``dali_aug`` as the original (random down/up-resize p=0.1, gaussian
+    blur p=0.2, HSV p=0.2, grey p=0.1). The pipeline outputs uint8 CHW and the batch is
+    normalised by utils.image.normalize, so pixels match the PyTorch path bit for bit.
+    RandomErasing: the boxes are drawn per batch as in the PyTorch path and painted after
+    normalisation, because fn.erase would paint the uint8 image, where RandomErasing's value 0
+    after Normalize (pixel 127.5) does not exist. RandAugment cannot be expressed with DALI
+    operators here and raises ConfigError. DALI owns the sample order: ``set_epoch`` cannot
+    replay an epoch, and ``start_batch`` skips by reading (and decoding) those batches.
+    """
+
+    def __init__(self, dataset: MXFaceDataset, batch_size: int, local_rank: int = 0,
+                 rank: int = 0, world_size: int = 1, seed: int = 2048, dali_aug: bool = False,
+                 aug: Optional[dict] = None, num_classes: Optional[int] = None,
+                 num_threads: int = 2):
+        aug = resolve_aug(aug)
+        if aug["randaugment"]:
+            raise ConfigError("RandAugment is not available with dali=True (DALI has no "
+                              "equivalent operators here): set dali=False or randaugment off")
+        self.dataset = dataset
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.device = pick_device(local_rank)
+        self.finish = _BatchFinisher(seed, rank, aug["random_erasing"])
+        self._tmpdir = tempfile.mkdtemp(prefix="arcface_dali_")
+        idx_path, self.num_images = self._write_index(dataset, world_size)
+        per_rank = self.num_images // world_size
+        if per_rank < batch_size:
+            raise ConfigError(f"{self.num_images} images cannot fill one batch of {batch_size} on "
+                              f"each of {world_size} processes: lower batch_size")
+        self.batches_per_epoch = per_rank // batch_size
+        self.epoch, self._skip = 0, 0
+        self._iter = self._build(dataset.path_imgrec, idx_path, local_rank, seed, dali_aug,
+                                 aug["flip"], num_threads)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __del__(self):
+        shutil.rmtree(getattr(self, "_tmpdir", ""), ignore_errors=True)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch}")
+        if start_batch:
+            logger.warning("DALI cannot replay the sample order of epoch %d: skipping %d batches "
+                           "by reading them (the step count is exact, the samples are not)",
+                           epoch, start_batch)
+        self.epoch, self._skip = int(epoch), int(start_batch)
+
+    def reset(self) -> None:
+        """Nothing to do: the DALI iterator resets itself at the end of each epoch."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        skip, self._skip = self._skip, 0
+        for number, out in enumerate(self._iter):      # one DALI epoch (auto_reset at its end)
+            if number < skip:
+                continue
+            images = out[0]["data"].to(self.device, non_blocking=True)
+            labels = out[0]["label"].reshape(-1).to(self.device, non_blocking=True).long()
+            yield self.finish(images, self.epoch, number), labels
+
+    def _write_index(self, dataset: MXFaceDataset, world_size: int) -> tuple[str, int]:
+        """A .idx with the image keys only, trimmed to a multiple of world_size."""
+        keys = dataset.imgidx.tolist()
+        keep = len(keys) - len(keys) % world_size
+        if dataset.header0 is None and keep == len(keys):
+            return dataset.path_imgidx, keep
+        path = os.path.join(self._tmpdir, "train.idx")
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(f"{k}\t{dataset.imgrec.idx[k]}\n" for k in keys[:keep])
+        return path, keep
+
+    def _build(self, rec_path: str, idx_path: str, local_rank: int, seed: int, dali_aug: bool,
+               flip: bool, num_threads: int):
+        import nvidia.dali.fn as fn
+        import nvidia.dali.types as types
+        from nvidia.dali.pipeline import Pipeline
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        gpu = self.device.type == "cuda"
+        pipe = Pipeline(batch_size=self.batch_size, num_threads=num_threads,
+                        device_id=local_rank if gpu else None, seed=(seed + self.rank) % (1 << 31),
+                        prefetch_queue_depth=2)
+        with pipe:
+            jpegs, labels = fn.readers.mxnet(
+                path=rec_path, index_path=idx_path, initial_fill=32768,
+                num_shards=self.world_size, shard_id=self.rank, random_shuffle=True,
+                pad_last_batch=False, name="reader")
+            images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu",
+                                       output_type=types.RGB)
+            if dali_aug:
+                images = _dali_original_aug(fn, types, images)
+            mirror = fn.random.coin_flip(probability=0.5) if flip else 0
+            images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="CHW",
+                                              mirror=mirror)
+            pipe.set_outputs(images, labels[0])
+        pipe.build()
+        return DALIGenericIterator([pipe], ["data", "label"], reader_name="reader",
+                                   last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
+
+
+def _dali_original_aug(fn: Any, types: Any, images: Any) -> Any:
+    """The original's dali_aug: resize down/up p=0.1, blur p=0.2, HSV p=0.2, grey p=0.1."""
+    def choose(condition, true_case, false_case):
+        return condition * true_case + (condition ^ True) * false_case
+
+    resize = fn.random.coin_flip(probability=0.1)
+    size = fn.random.uniform(range=(int(IMAGE_SIZE * 0.5), int(IMAGE_SIZE * 0.8)), dtype=types.FLOAT)
+    blur = fn.random.coin_flip(probability=0.2)
+    window = fn.random.uniform(range=(1, 2), dtype=types.INT32)
+    hsv = fn.random.coin_flip(probability=0.2)
+    hue = fn.random.uniform(range=(0.0, 20.0), dtype=types.FLOAT)
+    saturation = fn.random.uniform(range=(1.0, 1.2), dtype=types.FLOAT)
+    keep_colour = fn.cast(fn.random.coin_flip(probability=0.9), dtype=types.FLOAT)
+
+    images = fn.cast(images, dtype=types.UINT8)
+    small = fn.resize(images, resize_x=size, resize_y=size)
+    images = choose(resize, fn.resize(small, size=(IMAGE_SIZE, IMAGE_SIZE)), images)
+    images = choose(blur, fn.gaussian_blur(images, window_size=window * 2 + 1), images)
+    images = choose(hsv, fn.hsv(images, hue=hue, saturation=saturation), images)
+    return fn.hsv(images, saturation=keep_colour)

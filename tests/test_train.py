@@ -1,0 +1,171 @@
+"""train_v2.py end to end on CPU: learning on the demo data, exact resume, torchrun with 2 processes, bad input."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+import train_v2
+from backbones import get_model
+from utils import checkpoint as checkpoint_module
+from utils.demo_data import make_demo_dataset
+from utils.errors import ConfigError
+
+ACC_RE = re.compile(r"\[demo_val\]\[(\d+)\]Accuracy-Flip: ([0-9.]+)")
+LOSS_RE = re.compile(r"Loss ([0-9.]+)\s+LearningRate")
+
+
+def write_config(path: Path, rec: Path, output: Path, **overrides) -> Path:
+    """A config derived from configs/demo.py (data generation left out: the tests make their own)."""
+    values = dict(network="mbf_tiny", embedding_size=64, rec=str(rec), output=str(output), val_targets=["demo_val"],
+                  num_classes="auto", num_image="auto", batch_size=16, lr=0.1, num_epoch=2, warmup_epoch=0,
+                  frequent=2, verbose=1000, num_workers=0, save_all_states=True, tensorboard=False,
+                  channels_last=True, verification_batch_size=100)
+    values.update(overrides)
+    lines = ["from easydict import EasyDict as edict", "config = edict()"]
+    lines += [f"config.{key} = {value!r}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_demo")
+    make_demo_dataset(str(root), num_ids=8, images_per_id=8, num_val_ids=6, num_pairs=20, seed=1)
+    return root
+
+
+def run_main(config: Path, *overrides: str) -> None:
+    train_v2.main(train_v2.parse_args([str(config), "--set", *overrides] if overrides else [str(config)]))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
+    wa, wb = load_weights(a), load_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key].float(), wb[key].float(), atol=atol, rtol=0), key
+
+
+def stop_at_step(monkeypatch, step: int) -> None:
+    """Simulate a SIGTERM arriving during global step ``step`` (the loop checks once per step)."""
+    calls = {"n": 0}
+
+    def agreed(self, distributed, device):
+        calls["n"] += 1
+        if calls["n"] == step:
+            self.signal_name = "SIGTERM"
+        return self.signal_name is not None
+
+    monkeypatch.setattr(checkpoint_module.StopRequest, "agreed", agreed)
+
+
+@pytest.mark.parametrize("stop_step", [4, 6])  # 4 steps per epoch: at the epoch boundary, and mid-epoch
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_data, monkeypatch, stop_step):
+    full = write_config(tmp_path / "full.py", tiny_data, tmp_path / "full")
+    run_main(full)
+    cut = write_config(tmp_path / "cut.py", tiny_data, tmp_path / "cut")
+    with monkeypatch.context() as patch:
+        stop_at_step(patch, stop_step)
+        with pytest.raises(train_v2.TrainingStopped, match=f"global step {stop_step}"):
+            run_main(cut)
+    state = torch.load(tmp_path / "cut" / "checkpoint_gpu_0.pt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == stop_step
+    with pytest.raises(AssertionError):  # the interrupted run really is behind
+        assert_same_weights(tmp_path / "full" / "model.pt", tmp_path / "cut" / "model.pt")
+    run_main(cut, "resume=true")
+    assert_same_weights(tmp_path / "full" / "model.pt", tmp_path / "cut" / "model.pt")
+    log = (tmp_path / "cut" / "training.log").read_text()
+    assert "resumed from" in log and "training done: 8 steps" in log
+
+
+def test_resume_true_without_checkpoint_is_a_clear_error(tmp_path, tiny_data):
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", resume=True)
+    with pytest.raises(ConfigError, match="checkpoint_gpu_0.pt does not exist"):
+        run_main(config)
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_data):
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", num_epoch=1)
+    run_main(config)
+    with pytest.raises(ConfigError, match="batch_size: checkpoint 16 vs config 8"):
+        run_main(config, "resume=true", "batch_size=8")
+
+
+def test_second_run_on_a_locked_output_is_refused(tmp_path, tiny_data):
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".lock").write_text('{"pid": %d, "host": "%s"}' % (os.getpid(), os.uname().nodename))
+    with pytest.raises(ConfigError, match="is locked by pid"):
+        run_main(config)
+
+
+def test_model_pt_loads_strictly_into_the_backbone(tmp_path, tiny_data):
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", num_epoch=1)
+    run_main(config)
+    model = get_model("mbf_tiny", num_features=64)
+    model.load_state_dict(load_weights(tmp_path / "out" / "model.pt"), strict=True)
+    assert (tmp_path / "out" / "training.log").read_text().count("Global Step:") >= 1
+    assert not any(p.name.endswith(".tmp") or ".tmp." in p.name for p in (tmp_path / "out").iterdir())
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, tiny_data):
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", weight_decy=0.1)
+    result = subprocess.run([sys.executable, "train_v2.py", str(config)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown config key 'weight_decy'" in result.stderr and "did you mean 'weight_decay'" in result.stderr
+    assert result.stderr.count("weight_decy") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_label_beyond_num_classes_stops_before_training(tmp_path, tiny_data):
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", num_classes=4)
+    with pytest.raises(Exception, match="label|num_classes"):
+        run_main(config)
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path, tiny_data):
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", batch_size=8, num_epoch=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+         "train_v2.py", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "checkpoint_gpu_0.pt").exists() and (tmp_path / "out" / "checkpoint_gpu_1.pt").exists()
+    log = (tmp_path / "out" / "training.log").read_text()
+    assert re.search(r": world_size\s+2\n", log)
+    # 64 images / (8 x 2 ranks) = 4 steps; both ranks' PartialFC shards are halves of the classes
+    shard0 = torch.load(tmp_path / "out" / "checkpoint_gpu_0.pt", weights_only=False)["state_dict_softmax_fc"]["weight"]
+    shard1 = torch.load(tmp_path / "out" / "checkpoint_gpu_1.pt", weights_only=False)["state_dict_softmax_fc"]["weight"]
+    assert shard0.shape[0] + shard1.shape[0] == 8
+    assert torch.load(tmp_path / "out" / "checkpoint_gpu_0.pt", weights_only=False)["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_demo_training_learns(tmp_path):
+    """A shortened demo: verification accuracy on held-out identities rises well above chance, loss falls."""
+    data = tmp_path / "data"
+    make_demo_dataset(str(data), num_ids=40, images_per_id=16, num_val_ids=30, num_pairs=200, seed=3)
+    config = write_config(tmp_path / "demo.py", data, tmp_path / "out", embedding_size=128, batch_size=32,
+                          num_epoch=6, warmup_epoch=1, frequent=5, verbose=20, lr=0.1)
+    run_main(config)
+    log = (tmp_path / "out" / "training.log").read_text()
+    accs = [float(a) for _, a in ACC_RE.findall(log)]
+    losses = [float(x) for x in LOSS_RE.findall(log)]
+    assert len(accs) >= 3 and len(losses) >= 4, log[-2000:]
+    assert max(accs) >= 0.75, accs
+    assert max(accs) - accs[0] >= 0.1, accs
+    assert min(losses[-2:]) < losses[0] - 3.0, losses

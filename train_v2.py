@@ -1,0 +1,186 @@
+"""Train an ArcFace-style face-recognition model: python train_v2.py configs/x.py [--set key=value ...]
+
+One process without torchrun, or ``torchrun --nproc_per_node=N train_v2.py configs/x.py``; CUDA (NCCL) or CPU (gloo).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+
+import torch
+
+from dataset import aug_from_config, get_dataloader
+from losses import CombinedMarginLoss
+from partial_fc_v2 import PartialFC_V2
+from utils.checkpoint import (OutputLock, StopRequest, atomic_save, checkpoint_path, fingerprint,
+                              load_checkpoint, rng_states, set_rng_states)
+from utils.data_check import check_data_vs_config, inspect_data, resolve_auto
+from utils.errors import ArcFaceError
+from utils.utils_callbacks import CallBackLogging, CallBackVerification
+from utils.utils_config import get_config
+from utils.utils_distributed import cleanup, setup, setup_seed
+from utils.utils_logging import AverageMeter, init_logging
+from utils.utils_train import (build_backbone, build_grad_scaler, build_lr_scheduler, build_optimizer,
+                               log_config, set_step_counts, train_step)
+
+
+class TrainingStopped(ArcFaceError):
+    """Training stopped early (signal, non-finite loss); a checkpoint was written where possible."""
+
+
+def main(args: argparse.Namespace) -> None:
+    cfg = get_config(args.config, args.set)
+    info = setup(args.local_rank)
+    setup_seed(cfg.seed, cuda_deterministic=False)
+    os.makedirs(cfg.output, exist_ok=True)
+    init_logging(info.rank, cfg.output)
+    lock = OutputLock(cfg.output, cfg.resume)
+    if info.is_main:
+        lock.acquire()
+    try:
+        train(cfg, info)
+    finally:
+        lock.release()
+        cleanup(info)
+
+
+def train(cfg, info) -> None:
+    # Data first: every disagreement between data and config stops here, before any heavy work.
+    data_info = inspect_data(cfg.rec)
+    resolve_auto(cfg, data_info)
+    for warning in check_data_vs_config(cfg, data_info, info.world_size):
+        logging.warning(warning)
+    set_step_counts(cfg, info.world_size)
+    train_loader = get_dataloader(
+        cfg.rec, info.local_rank, cfg.batch_size, cfg.dali, cfg.dali_aug, cfg.seed, cfg.num_workers,
+        aug=aug_from_config(cfg), rank=info.rank, world_size=info.world_size,
+        max_bad_samples=cfg.max_bad_samples, num_classes=cfg.num_classes)
+
+    summary_writer = None
+    if info.is_main and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        summary_writer = SummaryWriter(log_dir=os.path.join(cfg.output, "tensorboard"))
+
+    backbone, backbone_module = build_backbone(cfg, info)
+    margin_loss = CombinedMarginLoss(cfg.margin_scale, cfg.margin_list[0], cfg.margin_list[1],
+                                     cfg.margin_list[2], cfg.interclass_filtering_threshold)
+    module_partial_fc = PartialFC_V2(margin_loss, cfg.embedding_size, cfg.num_classes,
+                                     cfg.sample_rate, cfg.fp16).train().to(info.device)
+    opt = build_optimizer(cfg, backbone_module, module_partial_fc)
+    lr_scheduler = build_lr_scheduler(cfg, opt)
+    amp = build_grad_scaler(cfg, info.device)
+
+    start_epoch, global_step, start_batch = 0, 0, 0
+    dict_checkpoint = load_checkpoint(cfg, info.rank)
+    if dict_checkpoint is not None:
+        start_epoch = dict_checkpoint["epoch"]
+        global_step = dict_checkpoint["global_step"]
+        start_batch = dict_checkpoint.get("batch_in_epoch", 0)
+        backbone_module.load_state_dict(dict_checkpoint["state_dict_backbone"])
+        module_partial_fc.load_state_dict(dict_checkpoint["state_dict_softmax_fc"])
+        opt.load_state_dict(dict_checkpoint["state_optimizer"])
+        lr_scheduler.load_state_dict(dict_checkpoint["state_lr_scheduler"])
+        if "state_grad_scaler" in dict_checkpoint:
+            amp.load_state_dict(dict_checkpoint["state_grad_scaler"])
+        if "rng" in dict_checkpoint:
+            set_rng_states(dict_checkpoint["rng"])
+        logging.info("resumed from %s: epoch %d, global step %d", checkpoint_path(cfg.output, info.rank),
+                     start_epoch, global_step)
+        del dict_checkpoint
+
+    log_config(cfg)
+    callback_verification = CallBackVerification(
+        val_targets=cfg.val_targets if info.is_main else [], rec_prefix=cfg.rec, summary_writer=summary_writer,
+        image_size=tuple(cfg.image_size), batch_size=cfg.verification_batch_size)
+    callback_logging = CallBackLogging(
+        frequent=cfg.frequent, total_step=cfg.total_step, batch_size=cfg.batch_size,
+        start_step=global_step, writer=summary_writer, world_size=info.world_size)
+
+    def save_checkpoint(epoch: int, batch_in_epoch: int) -> None:
+        if cfg.save_all_states or cfg.save_checkpoint or cfg.checkpoint_every:
+            atomic_save({
+                "epoch": epoch, "global_step": global_step, "batch_in_epoch": batch_in_epoch,
+                "state_dict_backbone": backbone_module.state_dict(),
+                "state_dict_softmax_fc": module_partial_fc.state_dict(),
+                "state_optimizer": opt.state_dict(),
+                "state_lr_scheduler": lr_scheduler.state_dict(),
+                "state_grad_scaler": amp.state_dict(),
+                "rng": rng_states(),
+                "fingerprint": fingerprint(cfg),
+            }, checkpoint_path(cfg.output, info.rank))
+        if info.is_main:
+            atomic_save(backbone_module.state_dict(), os.path.join(cfg.output, "model.pt"))
+
+    loss_am = AverageMeter()
+    loss_sum = torch.zeros((), device=info.device)
+    stop = StopRequest()
+    stop.install()
+    try:
+        for epoch in range(start_epoch, cfg.num_epoch):
+            train_loader.set_epoch(epoch, start_batch)
+            for batch_in_epoch, (img, local_labels) in enumerate(train_loader, start=start_batch + 1):
+                global_step += 1
+                loss = train_step(backbone, module_partial_fc, opt, amp, img, local_labels,
+                                  update=global_step % cfg.gradient_acc == 0, gradient_acc=cfg.gradient_acc,
+                                  clip_grad_norm=cfg.clip_grad_norm)
+                loss_sum += loss
+                lr_scheduler.step()
+
+                if global_step % cfg.frequent == 0:
+                    mean_loss = loss_sum.item() / cfg.frequent
+                    loss_sum.zero_()
+                    if not math.isfinite(mean_loss):
+                        raise TrainingStopped(
+                            f"loss is {mean_loss} at global step {global_step} (learning rate "
+                            f"{lr_scheduler.get_last_lr()[0]:.6f}); the last good checkpoint is "
+                            f"{checkpoint_path(cfg.output, info.rank)} (if saved): lower lr, enable warmup, "
+                            f"or check the data")
+                    loss_am.update(mean_loss, cfg.frequent)
+                    if info.is_main:
+                        callback_logging(global_step, loss_am, epoch, cfg.fp16, lr_scheduler.get_last_lr()[0], amp)
+                if global_step % cfg.verbose == 0 and info.is_main:
+                    tic = time.time()
+                    callback_verification(global_step, backbone_module)
+                    callback_logging.exclude(time.time() - tic)
+                if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
+                    save_checkpoint(epoch, batch_in_epoch)
+                if stop.agreed(info.distributed, info.device):
+                    save_checkpoint(epoch, batch_in_epoch)
+                    raise TrainingStopped(f"stopped by {stop.signal_name} at global step {global_step}; "
+                                          f"checkpoint written to {cfg.output}: rerun with resume=True to continue")
+            start_batch = 0
+            save_checkpoint(epoch + 1, 0)
+            if cfg.dali and hasattr(train_loader, "reset"):
+                train_loader.reset()
+    finally:
+        stop.uninstall()
+        if summary_writer is not None:
+            summary_writer.close()
+    if info.is_main:
+        atomic_save(backbone_module.state_dict(), os.path.join(cfg.output, "model.pt"))
+        logging.info("training done: %d steps, model saved to %s", global_step, os.path.join(cfg.output, "model.pt"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Distributed ArcFace Training in PyTorch")
+    parser.add_argument("config", type=str, help="py config file")
+    parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
+                        help="local rank (torchrun sets LOCAL_RANK)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set lr=0.05 batch_size=64")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except ArcFaceError as err:
+        for handler in logging.getLogger().handlers:  # keep the reason in training.log too
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(logging.makeLogRecord({"msg": f"error: {err}", "levelno": logging.ERROR}))
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3 if isinstance(err, TrainingStopped) else 2)

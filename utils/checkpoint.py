@@ -1,0 +1,155 @@
+"""Atomic checkpoint files, exact resume, the output-folder lock and graceful stop on SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import socket
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from utils.errors import ConfigError
+
+# Config keys a checkpoint must agree on to be resumable.
+FINGERPRINT_KEYS = ("network", "embedding_size", "num_classes", "sample_rate", "batch_size", "world_size")
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def checkpoint_path(output: str, rank: int) -> str:
+    return os.path.join(output, f"checkpoint_gpu_{rank}.pt")
+
+
+def fingerprint(cfg: Any) -> dict[str, Any]:
+    return {key: cfg[key] for key in FINGERPRINT_KEYS}
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_checkpoint(cfg: Any, rank: int) -> dict[str, Any] | None:
+    """The checkpoint to resume from, None to start fresh; ConfigError when it cannot be used."""
+    if cfg.resume is False:
+        return None
+    path = checkpoint_path(cfg.output, rank)
+    if not os.path.exists(path):
+        if cfg.resume == "auto":
+            return None
+        raise ConfigError(f"resume=True but {path} does not exist (train with save_all_states=True, "
+                          f"or set resume=\"auto\" to start fresh when there is none)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = state.get("fingerprint", {})
+    differs = [f"{k}: checkpoint {saved[k]!r} vs config {cfg[k]!r}"
+               for k in FINGERPRINT_KEYS if k in saved and saved[k] != cfg[k]]
+    if differs:
+        raise ConfigError(f"{path} was written by a different run ({'; '.join(differs)}); "
+                          f"use another output folder or the matching config")
+    return state
+
+
+class OutputLock:
+    """A lock file in the output folder holding the owner's pid and host; refuses a second run."""
+
+    def __init__(self, output: str, resume: Any) -> None:
+        self.path = os.path.join(output, ".lock")
+        self.resume = resume
+        self.held = False
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _alive(holder: dict[str, Any]) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return True  # cannot check another machine: assume it is running
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except (ProcessLookupError, ValueError, KeyError):
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def acquire(self) -> None:
+        holder = self._holder()
+        if holder is not None:
+            if self._alive(holder) or self.resume is False:
+                state = "running" if self._alive(holder) else "stale (its process is gone)"
+                raise ConfigError(
+                    f"output folder {os.path.dirname(self.path)} is locked by pid {holder.get('pid')} on "
+                    f"{holder.get('host')} ({state}); use another `output`, or set resume to continue a "
+                    f"stopped run (remove {self.path} if you are sure nothing runs)")
+            logging.warning("removing stale lock %s of pid %s", self.path, holder.get("pid"))
+        tmp = f"{self.path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        os.replace(tmp, self.path)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held and os.path.exists(self.path):
+            os.remove(self.path)
+        self.held = False
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT; the loop finishes the step, saves and exits. Ranks agree via all-reduce."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def agreed(self, distributed: bool, device: torch.device) -> bool:
+        """True on every rank when any rank was signalled."""
+        if not distributed:
+            return self.signal_name is not None
+        flag = torch.tensor([1.0 if self.signal_name else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0 and self.signal_name is None:
+            self.signal_name = "signal on another rank"
+        return flag.item() > 0

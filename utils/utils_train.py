@@ -1,0 +1,91 @@
+"""Builders used by train_v2.py: backbone on its device, optimiser, LR schedule, step counts, AMP."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from backbones import get_model
+from lr_scheduler import PolynomialLRWarmup, StepLRWarmup
+from utils.errors import ConfigError
+from utils.utils_distributed import DistInfo
+
+
+def build_backbone(cfg: Any, info: DistInfo) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(model to train, maybe DDP/compiled; the plain module whose state_dict is model.pt)."""
+    # dropout None: each network's own (0 for iresnet, the fork's 0.5 for LResNet50E_IR, which ignored
+    # the original's dropout=0.0); checkpointing False keeps upstream's default (on for the big ViTs).
+    module = get_model(cfg.network, dropout=None, fp16=cfg.fp16, num_features=cfg.embedding_size,
+                       gradient_checkpointing=cfg.gradient_checkpointing or None).to(info.device)
+    if cfg.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    model = module
+    if info.distributed:
+        device_ids = [info.local_rank] if info.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(
+            module=module, broadcast_buffers=False, device_ids=device_ids, bucket_cap_mb=16,
+            find_unused_parameters=False, static_graph=True)
+        if cfg.fp16 and info.device.type == "cuda":
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+            model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    if cfg.compile:
+        model = torch.compile(model)
+    model.train()
+    return model, module
+
+
+def build_optimizer(cfg: Any, backbone: torch.nn.Module, partial_fc: torch.nn.Module) -> torch.optim.Optimizer:
+    """Backbone first, the class centres last (the original's param-group order)."""
+    groups = [{"params": backbone.parameters()}, {"params": partial_fc.parameters()}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def set_step_counts(cfg: Any, world_size: int) -> None:
+    """total_batch_size, steps per epoch, warmup_step and total_step, as the original computes them."""
+    cfg.world_size = world_size
+    cfg.total_batch_size = cfg.batch_size * world_size
+    cfg.steps_per_epoch = cfg.num_image // cfg.total_batch_size
+    if cfg.steps_per_epoch < 1:
+        raise ConfigError(f"batch_size * world_size = {cfg.total_batch_size} is larger than num_image = "
+                          f"{cfg.num_image}: lower batch_size")
+    cfg.warmup_step = cfg.steps_per_epoch * cfg.warmup_epoch
+    cfg.total_step = cfg.steps_per_epoch * cfg.num_epoch
+
+
+def build_lr_scheduler(cfg: Any, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.lr_scheduler == "step":
+        milestones = [int(epoch * cfg.steps_per_epoch) for epoch in cfg.lr_steps]
+        return StepLRWarmup(opt, cfg.warmup_step, milestones, gamma=cfg.lr_gamma)
+    return PolynomialLRWarmup(opt, cfg.warmup_step, cfg.total_step, power=cfg.lr_power)
+
+
+def build_grad_scaler(cfg: Any, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 on CUDA needs loss scaling; bf16 autocast on CPU does not (scaler disabled)."""
+    enabled = bool(cfg.fp16) and device.type == "cuda"
+    if cfg.fp16 and not enabled:
+        logging.info("fp16 on CPU: bfloat16 autocast, no loss scaling")
+    return torch.amp.GradScaler(device.type, growth_interval=100, enabled=enabled)
+
+
+def log_config(cfg: Any) -> None:
+    for key, value in cfg.items():
+        logging.info(": " + key + " " * max(25 - len(key), 1) + str(value))
+
+
+def train_step(backbone: torch.nn.Module, partial_fc: torch.nn.Module, opt: torch.optim.Optimizer,
+               amp: torch.amp.GradScaler, img: torch.Tensor, labels: torch.Tensor, update: bool = True,
+               gradient_acc: int = 1, clip_grad_norm: float = 5.0) -> torch.Tensor:
+    """Forward, backward and (when ``update``) the clipped optimiser step; returns the detached loss."""
+    local_embeddings = backbone(img)
+    loss = partial_fc(local_embeddings, labels)
+    amp.scale(loss / gradient_acc).backward()
+    if update:
+        amp.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], clip_grad_norm)
+        amp.step(opt)
+        amp.update()
+        opt.zero_grad(set_to_none=True)
+    return loss.detach()
