@@ -110,9 +110,18 @@ def test_second_run_on_a_locked_output_is_refused(tmp_path, tiny_data):
         run_main(config)
 
 
-def test_model_pt_loads_strictly_into_the_backbone(tmp_path, tiny_data):
-    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", num_epoch=1)
+def test_model_pt_loads_strictly_and_tensorboard_has_the_scalars(tmp_path, tiny_data):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", num_epoch=2, tensorboard=True,
+                          frequent=2, verbose=4)
     run_main(config)
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "learning_rate", "time_for_end", "demo_val"} <= tags, tags
+    assert [e.step for e in events.Scalars("demo_val")] == [4, 8]
+    assert all(e.value > 0 for e in events.Scalars("loss"))
     model = get_model("mbf_tiny", num_features=64)
     model.load_state_dict(load_weights(tmp_path / "out" / "model.pt"), strict=True)
     assert (tmp_path / "out" / "training.log").read_text().count("Global Step:") >= 1
