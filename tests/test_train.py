@@ -170,7 +170,10 @@ def test_demo_training_learns(tmp_path):
     make_demo_dataset(str(data), num_ids=40, images_per_id=16, num_val_ids=30, num_pairs=200, seed=3)
     config = write_config(tmp_path / "demo.py", data, tmp_path / "out", embedding_size=128, batch_size=32,
                           num_epoch=6, warmup_epoch=1, frequent=5, verbose=20, lr=0.1)
-    run_main(config)
+    # a fresh interpreter, as the README runs it (no state left by other tests)
+    result = subprocess.run([sys.executable, "train_v2.py", str(config)], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "out" / "training.log").read_text()
     accs = [float(a) for _, a in ACC_RE.findall(log)]
     losses = [float(x) for x in LOSS_RE.findall(log)]
