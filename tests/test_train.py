@@ -181,3 +181,10 @@ def test_demo_training_learns(tmp_path):
     assert max(accs) >= 0.75, accs
     assert max(accs) - accs[0] >= 0.1, accs
     assert min(losses[-2:]) < losses[0] - 3.0, losses
+
+
+def test_non_finite_loss_stops_with_step_and_learning_rate(tmp_path, tiny_data):
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", lr=1e30, clip_grad_norm=1e30,
+                          weight_decay=0.0)
+    with pytest.raises(train_v2.TrainingStopped, match=r"loss is (nan|inf) at global step \d+ \(learning rate"):
+        run_main(config)
