@@ -188,3 +188,26 @@ def test_non_finite_loss_stops_with_step_and_learning_rate(tmp_path, tiny_data):
                           weight_decay=0.0)
     with pytest.raises(train_v2.TrainingStopped, match=r"loss is (nan|inf) at global step \d+ \(learning rate"):
         run_main(config)
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, monkeypatch):
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", num_epoch=2)
+    real_save, calls = torch.save, {"n": 0}
+
+    def save_then_crash(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2's checkpoint: write part of it, then die
+            f.write(b"partial")
+            raise KeyboardInterrupt("killed during save")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(config)
+    monkeypatch.setattr(torch, "save", real_save)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if ".tmp" in p.name) == []
+    state = torch.load(out / "checkpoint_gpu_0.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 1 and state["global_step"] == 4
+    run_main(config, "resume=true")
+    assert "training done: 8 steps" in (out / "training.log").read_text()
