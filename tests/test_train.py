@@ -211,3 +211,4 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, m
     assert state["epoch"] == 1 and state["global_step"] == 4
     run_main(config, "resume=true")
     assert "training done: 8 steps" in (out / "training.log").read_text()
+
