@@ -17,7 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -507,45 +507,12 @@ class OnnxBackbone(torch.nn.Module):
         return torch.from_numpy(self.session.run(None, {self.input_name: data})[0])
 
 
-def _describe_mismatch(model: torch.nn.Module, state: dict) -> str:
-    """Short summary of how a state_dict differs from a model's own."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))]
-    parts = [f"{len(keys)} {label} (e.g. {keys[0]})" for label, keys in
-             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
-    return "; ".join(parts) or "incompatible state_dict"
-
-
 def load_backbone(model_path: str, network: str, num_features: int = 512,
-                  device: torch.device | str = "cpu",
-                  get_model: Callable[..., torch.nn.Module] | None = None) -> torch.nn.Module:
-    """Build ``network`` and load a model.pt state_dict into it (strict); clear error on a mismatch."""
-    if get_model is None:
-        from backbones import get_model
-    try:
-        model = get_model(network, dropout=0.0, fp16=False, num_features=num_features)
-    except (ValueError, KeyError) as err:
-        raise ModelLoadError(f"--network {network!r}: {err}") from None
-    try:
-        state = torch.load(model_path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelLoadError(f"{model_path}: file not found") from None
-    except Exception as err:
-        raise ModelLoadError(f"{model_path}: not a torch weights file ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict_backbone"), dict):
-        state = state["state_dict_backbone"]
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{model_path}: expected a state_dict, got {type(state).__name__}")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ModelLoadError(f"{model_path} does not fit --network {network}: {_describe_mismatch(model, state)}; "
-                             "pass the network the weights were trained with") from None
-    return model.to(device).eval()
+                  device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Build ``network`` and load a model.pt into it strictly, in eval mode (inference.load_backbone)."""
+    from inference import load_backbone as load_weights
+
+    return load_weights(network, model_path, device, num_features)
 
 
 def find_targets(data_dir: str, targets: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
@@ -616,7 +583,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace, get_model: Callable[..., torch.nn.Module] | None = None) -> dict:
+def run(args: argparse.Namespace) -> dict:
     """Evaluate every target found; print per-target lines and the table row; return the JSON payload."""
     from eval.report import markdown_table
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -626,7 +593,7 @@ def run(args: argparse.Namespace, get_model: Callable[..., torch.nn.Module] | No
         backbone = OnnxBackbone(args.onnx)
         name = args.name or Path(args.onnx).stem
     else:
-        backbone = load_backbone(args.model, args.network, args.num_features, device, get_model)
+        backbone = load_backbone(args.model, args.network, args.num_features, device)
         name = args.name or Path(args.model).resolve().parent.name
     results = {}
     for target, path in found.items():
