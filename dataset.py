@@ -4,8 +4,11 @@
 ``(B, 3, 112, 112)`` RGB normalised by ``utils.image.normalize`` ((x/255 - 0.5) / 0.5, as
 ToTensor + Normalize(0.5, 0.5)) and int64 ``(B,)``, on ``cuda:local_rank`` when CUDA is present.
 
-Speed: workers decode to uint8 CHW, flip with a tensor op and collate uint8; the main process
-normalises once per batch (on the GPU, on a side stream, when there is one). Order: every rank
+Speed: a worker builds a whole batch in ``FaceDataset.__getitems__``: each record is decoded by
+OpenCV (the fastest decoder here) to BGR HWC, split straight into the batch's RGB planes and
+flipped in place there, so a uint8 batch leaves the worker with one copy per image. The main
+process normalises once per batch: on the GPU, on a side stream, when there is one; otherwise by
+a 256-entry lookup table (``utils.image.normalize``). Order: every rank
 takes its shard of one permutation per (seed, epoch) (torch's DistributedSampler order),
 ``drop_last`` keeps the batch size fixed, and ``set_epoch(epoch, start_batch)`` resumes mid-epoch
 without decoding the skipped batches. Random decisions (flip, RandAugment) are keyed on (seed,
@@ -31,7 +34,7 @@ from utils import recordio
 from utils.data_check import SYNTHETIC, SYNTHETIC_IMAGES, find_layout, inspect_records, read_layout, \
     record_paths, scan_image_folder
 from utils.errors import ConfigError, DataError
-from utils.image import decode_rgb_chw, normalize
+from utils.image import decode_bgr_hwc, normalize
 from utils.utils_distributed import pick_device
 
 IMAGE_SIZE = 112
@@ -166,6 +169,9 @@ class FaceDataset(Dataset):
     """Samples as (uint8 RGB (3,112,112) tensor, int label), augmented, bad samples replaced.
 
     An index may be an int or (index, sample_seed); the seed keys the random flip/RandAugment.
+    ``__getitems__`` (used by the DataLoader for a whole batch) writes each decoded image
+    straight into the batch tensor: decode to BGR HWC, split into the RGB planes, flip the
+    planes in place; it returns the collated ``(uint8 (B,3,H,W), int64 (B,))`` batch.
     """
 
     def __init__(self, aug: Optional[dict] = None, budget: Optional[BadSampleBudget] = None,
@@ -179,16 +185,38 @@ class FaceDataset(Dataset):
             self._randaugment = RandAugment(num_ops=int(self.aug["randaugment_num_ops"]),
                                             magnitude=int(self.aug["randaugment_magnitude"]))
 
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
-        """Decoded uint8 CHW image and label of sample ``index`` (raises DataError)."""
+    def load_bgr(self, index: int) -> tuple[np.ndarray, int]:
+        """Decoded uint8 BGR (H, W, 3) image and label of sample ``index`` (raises DataError)."""
         raise NotImplementedError
 
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        """Decoded uint8 RGB (3, H, W) image and label of sample ``index`` (raises DataError)."""
+        image, label = self.load_bgr(index)
+        return bgr_to_rgb_chw(image), label
+
     def __getitem__(self, item) -> tuple[torch.Tensor, int]:
-        index, sample_seed = item if isinstance(item, tuple) else (item, None)
-        if sample_seed is None:
-            sample_seed = mix64(int(torch.randint(0, 1 << 62, ())))
-        image, label = self._load_or_replace(int(index), sample_seed)
-        return self.augment(image, sample_seed), label
+        index, sample_seed = _index_and_seed(item)
+        image, label = self._load_or_replace(index, sample_seed)
+        return self.augment(bgr_to_rgb_chw(image), sample_seed), label
+
+    def __getitems__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = torch.empty((len(items), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            batch.share_memory_()
+        labels = []
+        for slot, item in zip(batch.numpy(), items):
+            if self._randaugment is not None:
+                image, label = self[item]
+                torch.from_numpy(slot).copy_(image)
+            else:
+                index, sample_seed = _index_and_seed(item)
+                image, label = self._load_or_replace(index, sample_seed)
+                cv2.split(image, [slot[2], slot[1], slot[0]])
+                if self.aug["flip"] and (sample_seed >> 32) & 1:
+                    for plane in slot:
+                        cv2.flip(plane, 1, dst=plane)
+            labels.append(label)
+        return batch, torch.tensor(labels, dtype=torch.int64)
 
     def augment(self, image: torch.Tensor, sample_seed: int) -> torch.Tensor:
         """RandAugment (if on) then the horizontal flip (p=0.5), decided by ``sample_seed``."""
@@ -200,11 +228,11 @@ class FaceDataset(Dataset):
             image = hflip(image)
         return image
 
-    def _load_or_replace(self, index: int, sample_seed: int) -> tuple[torch.Tensor, int]:
+    def _load_or_replace(self, index: int, sample_seed: int) -> tuple[np.ndarray, int]:
         tries = 0
         while True:
             try:
-                image, label = self.load(index)
+                image, label = self.load_bgr(index)
                 break
             except BadRecordError as err:
                 self.budget.spend(index, err)
@@ -213,8 +241,8 @@ class FaceDataset(Dataset):
                 while self.budget.is_known(index) and tries < 1000:
                     tries += 1
                     index = mix64(sample_seed, tries) % len(self)
-        if image.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise DataError(f"{self.where(index)}: image is {image.shape[-2]}x{image.shape[-1]}, "
+        if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise DataError(f"{self.where(index)}: image is {image.shape[0]}x{image.shape[1]}, "
                             f"expected {IMAGE_SIZE}x{IMAGE_SIZE} aligned faces; re-pack with "
                             f"python -m im2rec --resize {IMAGE_SIZE}")
         if label < 0 or (self.num_classes is not None and label >= self.num_classes):
@@ -248,7 +276,7 @@ class MXFaceDataset(FaceDataset):
         key = int(self.imgidx[index])
         return f"{self.path_imgrec}: key {key} at byte offset {self.imgrec.idx[key]}"
 
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
+    def load_bgr(self, index: int) -> tuple[np.ndarray, int]:
         key = int(self.imgidx[index])
         try:
             record = self.imgrec.read_idx(key)     # its errors name the file, key and offset
@@ -256,7 +284,7 @@ class MXFaceDataset(FaceDataset):
             raise BadRecordError(_first_line(err)) from None
         try:
             header, payload = recordio.unpack(record)
-            image = decode_rgb_chw(payload)
+            image = decode_bgr_hwc(payload)
         except DataError as err:
             raise BadRecordError(f"{self.where(index)}: {_first_line(err)}") from None
         label = header.label if header.flag == 0 else header.label[0]
@@ -278,13 +306,15 @@ class ImageFolderDataset(FaceDataset):
     def where(self, index: int) -> str:
         return self.samples[index][0]
 
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
+    def load_bgr(self, index: int) -> tuple[np.ndarray, int]:
         path, label = self.samples[index]
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            image = decode_rgb_chw(data) if path.lower().endswith((".jpg", ".jpeg", ".png")) \
-                else _decode_with_pil(data)
+            try:
+                image = decode_bgr_hwc(data)
+            except DataError:
+                image = _decode_with_pil(data)      # formats OpenCV lacks (e.g. GIF)
         except (OSError, DataError) as err:
             raise BadRecordError(f"{path}: {_first_line(err)}") from None
         return image, label
@@ -317,7 +347,22 @@ def hflip(image: torch.Tensor) -> torch.Tensor:
     return image.flip(-1)
 
 
-def _decode_with_pil(data: bytes) -> torch.Tensor:
+def _index_and_seed(item) -> tuple[int, int]:
+    """(index, sample_seed) of a sampler item; a plain index gets a seed from torch's RNG."""
+    index, sample_seed = item if isinstance(item, tuple) else (item, None)
+    if sample_seed is None:
+        sample_seed = mix64(int(torch.randint(0, 1 << 62, ())))
+    return int(index), sample_seed
+
+
+def bgr_to_rgb_chw(image: np.ndarray) -> torch.Tensor:
+    """uint8 BGR (H, W, 3) -> uint8 RGB (3, H, W) tensor (one cv2.split into reversed planes)."""
+    out = np.empty((3,) + image.shape[:2], dtype=np.uint8)
+    cv2.split(image, [out[2], out[1], out[0]])
+    return torch.from_numpy(out)
+
+
+def _decode_with_pil(data: bytes) -> np.ndarray:
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -326,7 +371,7 @@ def _decode_with_pil(data: bytes) -> torch.Tensor:
             array = np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"cannot decode image ({len(data)} bytes): {err}") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return np.ascontiguousarray(array[:, :, ::-1])
 
 
 def _first_line(err: Exception) -> str:
@@ -440,12 +485,15 @@ def apply_erasing(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return images.masked_fill_(mask, 0.0)
 
 
-def collate_uint8(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_uint8(samples) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 (B, 3, H, W), int64 (B,)) from (image, label) samples; in shared memory in workers.
 
-    Decoded images are CHW views of HWC memory, so stacking them transposes every image;
-    cv2.split does that per image into the batch's planes about twice as fast as torch.stack.
+    A batch already collated by ``FaceDataset.__getitems__`` passes through. Decoded images
+    that are CHW views of HWC memory are transposed by cv2.split per image into the batch's
+    planes (about twice as fast as torch.stack).
     """
+    if isinstance(samples, tuple) and len(samples) == 2 and isinstance(samples[1], torch.Tensor):
+        return samples
     images, labels = zip(*samples)
     batch = torch.empty((len(images),) + tuple(images[0].shape), dtype=torch.uint8)
     if get_worker_info() is not None:
