@@ -17,15 +17,15 @@ from dataset import aug_from_config, get_dataloader
 from losses import CombinedMarginLoss
 from partial_fc_v2 import PartialFC_V2
 from utils.checkpoint import (OutputLock, StopRequest, atomic_save, checkpoint_path, fingerprint,
-                              load_checkpoint, rng_states, set_rng_states)
+                              load_checkpoint, rng_states, save_rank_checkpoint, set_rng_states)
 from utils.data_check import check_data_vs_config, inspect_data, resolve_auto
 from utils.errors import ArcFaceError
 from utils.utils_callbacks import CallBackLogging, CallBackVerification
 from utils.utils_config import get_config
 from utils.utils_distributed import cleanup, setup, setup_seed
 from utils.utils_logging import AverageMeter, init_logging
-from utils.utils_train import (build_backbone, build_grad_scaler, build_lr_scheduler, build_optimizer,
-                               log_config, set_step_counts, train_step)
+from utils.utils_train import (GradScaleWatch, build_backbone, build_grad_scaler, build_lr_scheduler,
+                               build_optimizer, log_config, set_step_counts, train_step)
 
 
 class TrainingStopped(ArcFaceError):
@@ -75,7 +75,7 @@ def train(cfg, info) -> None:
     amp = build_grad_scaler(cfg, info.device)
 
     start_epoch, global_step, start_batch = 0, 0, 0
-    dict_checkpoint = load_checkpoint(cfg, info.rank)
+    dict_checkpoint = load_checkpoint(cfg, info.rank, info.distributed)
     if dict_checkpoint is not None:
         start_epoch = dict_checkpoint["epoch"]
         global_step = dict_checkpoint["global_step"]
@@ -88,11 +88,12 @@ def train(cfg, info) -> None:
             amp.load_state_dict(dict_checkpoint["state_grad_scaler"])
         if "rng" in dict_checkpoint:
             set_rng_states(dict_checkpoint["rng"])
-        logging.info("resumed from %s: epoch %d, global step %d", checkpoint_path(cfg.output, info.rank),
-                     start_epoch, global_step)
+        logging.info("resumed from %s: epoch %d, global step %d", dict_checkpoint["path"], start_epoch,
+                     global_step)
         del dict_checkpoint
 
     log_config(cfg)
+    scale_watch = GradScaleWatch(amp)     # after the resume: it starts from the restored scale
     callback_verification = CallBackVerification(
         val_targets=cfg.val_targets if info.is_main else [], rec_prefix=cfg.rec, summary_writer=summary_writer,
         image_size=tuple(cfg.image_size), batch_size=cfg.verification_batch_size)
@@ -102,7 +103,7 @@ def train(cfg, info) -> None:
 
     def save_checkpoint(epoch: int, batch_in_epoch: int) -> None:
         if cfg.save_all_states or cfg.save_checkpoint or cfg.checkpoint_every:
-            atomic_save({
+            save_rank_checkpoint({
                 "epoch": epoch, "global_step": global_step, "batch_in_epoch": batch_in_epoch,
                 "state_dict_backbone": backbone_module.state_dict(),
                 "state_dict_softmax_fc": module_partial_fc.state_dict(),
@@ -111,7 +112,7 @@ def train(cfg, info) -> None:
                 "state_grad_scaler": amp.state_dict(),
                 "rng": rng_states(),
                 "fingerprint": fingerprint(cfg),
-            }, checkpoint_path(cfg.output, info.rank))
+            }, cfg.output, info.rank, keep_previous=info.distributed)
         if info.is_main:
             atomic_save(backbone_module.state_dict(), os.path.join(cfg.output, "model.pt"))
 
@@ -142,6 +143,7 @@ def train(cfg, info) -> None:
                     loss_am.update(mean_loss, cfg.frequent)
                     if info.is_main:
                         callback_logging(global_step, loss_am, epoch, cfg.fp16, lr_scheduler.get_last_lr()[0], amp)
+                        scale_watch.check(global_step)
                 if global_step % cfg.verbose == 0 and info.is_main:
                     tic = time.time()
                     callback_verification(global_step, backbone_module)

@@ -212,3 +212,34 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, m
     run_main(config, "resume=true")
     assert "training done: 8 steps" in (out / "training.log").read_text()
 
+
+
+def test_grad_scale_watch_reports_a_collapsing_fp16_scale():
+    from utils.utils_train import GradScaleWatch
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([param], lr=0.1)
+
+    def run_step(scaler, overflow: bool) -> None:
+        loss = (param * (float("inf") if overflow else 1.0)).sum()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=100)
+    watch = GradScaleWatch(scaler)
+    for step in range(1, 4):                                 # healthy intervals
+        for _ in range(5):
+            run_step(scaler, overflow=False)
+        assert watch.check(step) is None
+    messages = []
+    for step in range(4, 7):                                 # an overflow in every interval
+        run_step(scaler, overflow=True)
+        messages.append(watch.check(step))
+    assert messages[:2] == [None, None]
+    assert messages[2].startswith("fp16 loss scale fell to 128 at global step 6 (falling for 3 logging intervals)")
+    low = torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=100)
+    watch = GradScaleWatch(low)
+    run_step(low, overflow=True)
+    assert "fell to 0.5 at global step 1" in watch.check(1)
+    assert GradScaleWatch(torch.amp.GradScaler("cpu", enabled=False)).check(1) is None

@@ -56,16 +56,66 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load_checkpoint(cfg: Any, rank: int) -> dict[str, Any] | None:
-    """The checkpoint to resume from, None to start fresh; ConfigError when it cannot be used."""
+def previous_checkpoint_path(output: str, rank: int) -> str:
+    return os.path.join(output, f"checkpoint_gpu_{rank}.previous.pt")
+
+
+def save_rank_checkpoint(state: dict[str, Any], output: str, rank: int, keep_previous: bool) -> None:
+    """Write this rank's checkpoint atomically; ``keep_previous`` (several ranks) keeps the one before.
+
+    Ranks save one after another, so a job killed during a save can leave rank 0 at step N and
+    rank 1 at step N - k. With the previous file kept, every rank still holds a common step and
+    the resume picks it (``load_checkpoint``).
+    """
+    path = checkpoint_path(output, rank)
+    if keep_previous and os.path.exists(path):
+        os.replace(path, previous_checkpoint_path(output, rank))
+    atomic_save(state, path)
+
+
+def saved_step(path: str) -> int | None:
+    """The global step stored in a checkpoint (tensors memory-mapped, not read); None if unusable."""
+    if not os.path.exists(path):
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except Exception as err:  # a damaged file is skipped, not fatal: an older one may serve
+        logging.warning("ignoring unreadable checkpoint %s: %s", path, err)
+        return None
+
+
+def load_checkpoint(cfg: Any, rank: int, distributed: bool = False) -> dict[str, Any] | None:
+    """The checkpoint to resume from, None to start fresh; ConfigError when it cannot be used.
+
+    With several ranks, they agree on the latest global step that every rank holds (in
+    checkpoint_gpu_<rank>.pt or .previous.pt), so an interrupted save never resumes the ranks at
+    different steps.
+    """
     if cfg.resume is False:
         return None
-    path = checkpoint_path(cfg.output, rank)
-    if not os.path.exists(path):
+    held = {}
+    for path in (previous_checkpoint_path(cfg.output, rank), checkpoint_path(cfg.output, rank)):
+        step = saved_step(path)
+        if step is not None:
+            held[step] = path
+    per_rank = [sorted(held)]
+    if distributed:
+        per_rank = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, sorted(held))
+    if not any(per_rank):
         if cfg.resume == "auto":
             return None
-        raise ConfigError(f"resume=True but {path} does not exist (train with save_all_states=True, "
-                          f"or set resume=\"auto\" to start fresh when there is none)")
+        raise ConfigError(f"resume=True but {checkpoint_path(cfg.output, rank)} does not exist (train with "
+                          f"save_all_states=True, or set resume=\"auto\" to start fresh when there is none)")
+    common = set.intersection(*(set(steps) for steps in per_rank))
+    if not common:
+        listing = "; ".join(f"rank {r}: {steps or 'none'}" for r, steps in enumerate(per_rank))
+        raise ConfigError(f"the ranks' checkpoints in {cfg.output} share no global step ({listing}): resume "
+                          f"with the world size that wrote them, or start fresh with resume=False")
+    path = held[max(common)]
+    if max(common) != max(held):
+        logging.warning("resuming every rank from global step %d (%s): a save was interrupted, this rank "
+                        "also holds step %d", max(common), path, max(held))
     state = torch.load(path, map_location="cpu", weights_only=False)
     saved = state.get("fingerprint", {})
     differs = [f"{k}: checkpoint {saved[k]!r} vs config {cfg[k]!r}"
@@ -73,6 +123,7 @@ def load_checkpoint(cfg: Any, rank: int) -> dict[str, Any] | None:
     if differs:
         raise ConfigError(f"{path} was written by a different run ({'; '.join(differs)}); "
                           f"use another output folder or the matching config")
+    state["path"] = path
     return state
 
 

@@ -1,9 +1,11 @@
 """Pick the device and the process-group backend once; seeds."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -46,8 +48,34 @@ def setup(local_rank: int | None = None) -> DistInfo:
         return DistInfo(0, local_rank, 1, device, None)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://")
+        store = restart_safe_store()
+        if store is None:
+            dist.init_process_group(backend=backend, init_method="env://")
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=world_size)
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), device, backend)
+
+
+def restart_safe_store() -> dist.Store | None:
+    """torchrun's shared store with this restart attempt's own keys; None: use env:// as usual.
+
+    torchrun (c10d rendezvous) keeps one store for all restart attempts, so after
+    ``--max-restarts`` restarts a rank can read the previous attempt's gloo/NCCL addresses and
+    fail with "Connection refused" (pytorch/pytorch#135712). On one node the restart count is
+    the same for every worker and prefixes the keys. Across nodes it is not: there, set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for restarts (torchrun then makes a fresh store).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+            logging.warning("torchrun --max-restarts across nodes reuses one store for every attempt: "
+                            "set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 so that restarts can connect")
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"arcface_attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def cleanup(info: DistInfo) -> None:

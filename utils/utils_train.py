@@ -70,6 +70,38 @@ def build_grad_scaler(cfg: Any, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, growth_interval=100, enabled=enabled)
 
 
+class GradScaleWatch:
+    """Reports a collapsing fp16 loss scale, checked at logging steps (reading the scale syncs).
+
+    The GradScaler halves its scale and skips the step whenever the gradients overflow. A scale
+    that keeps falling (``falls`` logging intervals in a row) or drops below ``floor`` means
+    steps are being skipped over and over and small gradients underflow to zero.
+    """
+
+    def __init__(self, scaler: torch.amp.GradScaler, floor: float = 1.0, falls: int = 3):
+        self.scaler, self.floor, self.falls_needed = scaler, floor, falls
+        self.last = scaler.get_scale() if scaler.is_enabled() else None
+        self.falls = 0
+        self.reported = float("inf")
+
+    def check(self, global_step: int) -> str | None:
+        """Log (warning) and return a message when the scale collapses; None otherwise."""
+        if self.last is None:
+            return None
+        scale = self.scaler.get_scale()
+        self.falls = self.falls + 1 if scale < self.last else 0
+        self.last = scale
+        collapsing = scale < self.floor or self.falls >= self.falls_needed
+        if not collapsing or scale >= self.reported:
+            return None
+        self.reported = scale
+        message = (f"fp16 loss scale fell to {scale:g} at global step {global_step} (falling for {self.falls} "
+                   f"logging intervals): gradients overflow again and again and those steps are skipped; "
+                   f"lower lr, lengthen warmup_epoch, or check the data")
+        logging.warning(message)
+        return message
+
+
 def log_config(cfg: Any) -> None:
     for key, value in cfg.items():
         logging.info(": " + key + " " * max(25 - len(key), 1) + str(value))

@@ -1,0 +1,175 @@
+"""torchrun --max-restarts on CPU: a worker killed mid-training, the job restarts and finishes from its checkpoints."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from easydict import EasyDict
+
+from tests.conftest import REPO
+from tests.test_train import tiny_data, write_config  # noqa: F401  (tiny_data is a fixture)
+
+from backbones import get_model
+from utils.checkpoint import load_checkpoint, save_rank_checkpoint
+from utils.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(config: Path, *extra: str) -> subprocess.Popen:
+    """torchrun with 2 CPU workers (``stop_job`` ends them all)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", ARCFACE_DEVICE="cpu")
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra,
+         "train_v2.py", str(config)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env)
+
+
+def stop_job(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers (which torchrun starts in sessions of their own)."""
+    for pid in [*worker_pids(proc.pid).values(), proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def worker_pids(root_pid: int) -> dict[int, int]:
+    """{RANK: pid} of the processes below ``root_pid`` that torchrun started (they carry RANK in their env)."""
+    found, todo = {}, [root_pid]
+    while todo:
+        pid = todo.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ranks = [item[5:] for item in env if item.startswith(b"RANK=")]
+        if pid != root_pid and ranks:
+            found[int(ranks[0])] = pid
+    return found
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except Exception:  # not written yet, or being replaced right now
+        return -1
+
+
+def signal_rank_after_step(proc: subprocess.Popen, output: Path, rank: int, step: int, done: dict,
+                           signum: int = signal.SIGKILL) -> None:
+    """Send ``signum`` to the worker of ``rank`` once its checkpoint holds ``step`` or more (once)."""
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if checkpoint_step(output / f"checkpoint_gpu_{rank}.pt") >= step:
+            pid = worker_pids(proc.pid).get(rank)
+            if pid is not None:
+                os.kill(pid, signum)
+                done["killed"] = pid
+                return
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_killed_worker_restarts_and_finishes(tmp_path, tiny_data, victim):  # noqa: F811
+    output = tmp_path / "out"
+    # 64 images / (4 x 2 ranks) = 8 steps per epoch, 6 epochs = 48 steps, a checkpoint every 2 steps
+    config = write_config(tmp_path / "c.py", tiny_data, output, batch_size=4, num_epoch=6,
+                          checkpoint_every=2, resume="auto", frequent=4)
+    proc = torchrun(config, "--max-restarts=1", "--monitor-interval=0.2")
+    killed: dict = {}
+    watcher = threading.Thread(target=signal_rank_after_step, args=(proc, output, victim, 10, killed))
+    watcher.start()
+    try:
+        log, _ = proc.communicate(timeout=300)
+    finally:
+        stop_job(proc)
+        watcher.join()
+    assert killed, f"the run ended before rank {victim} could be killed:\n{log[-3000:]}"
+    assert proc.returncode == 0, log[-4000:]
+    training_log = (output / "training.log").read_text()
+    assert "resumed from" in training_log, training_log[-2000:]
+    for rank in (0, 1):
+        assert checkpoint_step(output / f"checkpoint_gpu_{rank}.pt") == 48
+    assert "training done: 48 steps" in training_log
+    model = get_model("mbf_tiny", num_features=64)
+    model.load_state_dict(torch.load(output / "model.pt", map_location="cpu", weights_only=True), strict=True)
+
+
+def test_sigterm_to_one_rank_stops_both_with_checkpoints_then_resume_finishes(tmp_path, tiny_data):  # noqa: F811
+    output = tmp_path / "out"
+    config = write_config(tmp_path / "c.py", tiny_data, output, batch_size=4, num_epoch=6, checkpoint_every=2,
+                          resume="auto", frequent=4)
+    proc = torchrun(config)
+    sent: dict = {}
+    watcher = threading.Thread(target=signal_rank_after_step,
+                               args=(proc, output, 1, 6, sent, signal.SIGTERM))
+    watcher.start()
+    try:
+        log, _ = proc.communicate(timeout=300)
+    finally:
+        stop_job(proc)
+        watcher.join()
+    assert sent, f"the run ended before rank 1 got SIGTERM:\n{log[-3000:]}"
+    assert proc.returncode != 0
+    assert re.search(r"stopped by SIGTERM at global step (\d+)", log), log[-3000:]
+    stopped_at = int(re.search(r"stopped by SIGTERM at global step (\d+)", log).group(1))
+    assert 6 <= stopped_at < 48
+    assert [checkpoint_step(output / f"checkpoint_gpu_{r}.pt") for r in (0, 1)] == [stopped_at, stopped_at]
+    resumed = torchrun(config)
+    try:
+        log, _ = resumed.communicate(timeout=300)
+    finally:
+        stop_job(resumed)
+    assert resumed.returncode == 0, log[-3000:]
+    training_log = (output / "training.log").read_text()
+    assert f"global step {stopped_at}" in training_log and "training done: 48 steps" in training_log
+
+
+def _agreement_worker(rank: int, world: int, root: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{root}/init", rank=rank, world_size=world)
+    try:
+        def cfg(name: str, resume="auto") -> EasyDict:
+            return EasyDict(output=os.path.join(root, name), resume=resume)
+
+        def save(name: str, steps: list[int]) -> None:
+            os.makedirs(cfg(name).output, exist_ok=True)
+            for step in steps:
+                save_rank_checkpoint({"global_step": step, "epoch": 0}, cfg(name).output, rank, keep_previous=True)
+
+        # killed while saving step 12: rank 0 wrote it, rank 1 did not -> both resume from 10
+        save("interrupted", [8, 10, 12] if rank == 0 else [8, 10])
+        state = load_checkpoint(cfg("interrupted"), rank, distributed=True)
+        assert state["global_step"] == 10
+        assert state["path"].endswith(f"checkpoint_gpu_{rank}{'.previous' if rank == 0 else ''}.pt")
+        # no step in common: every rank stops with the same message
+        save("foreign", [10, 12] if rank == 0 else [4, 6])
+        with pytest.raises(ConfigError, match=r"share no global step \(rank 0: \[10, 12\]; rank 1: \[4, 6\]\)"):
+            load_checkpoint(cfg("foreign"), rank, distributed=True)
+        # nothing anywhere: "auto" starts fresh on every rank, True is an error on every rank
+        assert load_checkpoint(cfg("empty"), rank, distributed=True) is None
+        with pytest.raises(ConfigError, match="resume=True but"):
+            load_checkpoint(cfg("empty", resume=True), rank, distributed=True)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_ranks_resume_from_a_step_they_all_hold(tmp_path):
+    mp.spawn(_agreement_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
