@@ -200,9 +200,7 @@ class FaceDataset(Dataset):
         return self.augment(bgr_to_rgb_chw(image), sample_seed), label
 
     def __getitems__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = torch.empty((len(items), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-        if get_worker_info() is not None:
-            batch.share_memory_()
+        batch = _new_batch((len(items), 3, IMAGE_SIZE, IMAGE_SIZE))
         labels = []
         for slot, item in zip(batch.numpy(), items):
             if self._randaugment is not None:
@@ -213,8 +211,8 @@ class FaceDataset(Dataset):
                 image, label = self._load_or_replace(index, sample_seed)
                 cv2.split(image, [slot[2], slot[1], slot[0]])
                 if self.aug["flip"] and (sample_seed >> 32) & 1:
-                    for plane in slot:
-                        cv2.flip(plane, 1, dst=plane)
+                    rows = slot.reshape(-1, slot.shape[-1])      # the 3 planes as one image
+                    cv2.flip(rows, 1, dst=rows)
             labels.append(label)
         return batch, torch.tensor(labels, dtype=torch.int64)
 
@@ -495,9 +493,7 @@ def collate_uint8(samples) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(samples, tuple) and len(samples) == 2 and isinstance(samples[1], torch.Tensor):
         return samples
     images, labels = zip(*samples)
-    batch = torch.empty((len(images),) + tuple(images[0].shape), dtype=torch.uint8)
-    if get_worker_info() is not None:
-        batch.share_memory_()
+    batch = _new_batch((len(images),) + tuple(images[0].shape))
     for slot, image in zip(batch.numpy(), images):
         hwc = image.permute(1, 2, 0)
         if image.dtype == torch.uint8 and len(slot) == 3 and hwc.is_contiguous():
@@ -505,6 +501,15 @@ def collate_uint8(samples) -> tuple[torch.Tensor, torch.Tensor]:
         else:
             torch.from_numpy(slot).copy_(image)
     return batch, torch.tensor(labels, dtype=torch.int64)
+
+
+def _new_batch(shape: tuple) -> torch.Tensor:
+    """An uninitialised uint8 batch: in shared memory in a DataLoader worker (it crosses to the main
+    process), else in numpy's heap memory (torch.empty page-faults a large tensor in afresh each time)."""
+    if get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))   # as default_collate does
+        return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    return torch.from_numpy(np.empty(shape, dtype=np.uint8))
 
 
 class _BatchFinisher:

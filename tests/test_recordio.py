@@ -303,6 +303,41 @@ def test_open_reads_only_the_index(tmp_path):
     assert time.perf_counter() - start < 0.5
 
 
+def test_single_part_records_take_one_read_and_sparse_indexes_still_work(tmp_path, fixtures_dir, monkeypatch):
+    """read_idx reads a single-part record in one pread (its extent from the index); records the
+    index skips, multi-part records and a file cut short after opening take the part-by-part path."""
+    import utils.recordio as recordio_module
+    payloads = [pack(IRHeader(0, float(k), k, 0), bytes([k]) * (50 + 7 * k)) for k in range(4)]
+    with MXIndexedRecordIO(tmp_path / "all.idx", tmp_path / "t.rec", "w") as out:
+        for k, buf in enumerate(payloads):
+            out.write_idx(k, buf)
+    (tmp_path / "sparse.idx").write_text("".join(line for i, line in enumerate(
+        (tmp_path / "all.idx").read_text().splitlines(keepends=True)) if i in (0, 3)))
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(recordio_module.os, "pread", lambda *a: reads.append(a[1]) or real_pread(*a))
+    with MXIndexedRecordIO(tmp_path / "all.idx", tmp_path / "t.rec", "r") as rec:
+        for k in (2, 0, 3, 1):
+            reads.clear()
+            assert rec.read_idx(k) == payloads[k] and len(reads) == 1
+    with MXIndexedRecordIO(tmp_path / "sparse.idx", tmp_path / "t.rec", "r") as rec:
+        assert rec.read_idx(0) == payloads[0] and rec.read_idx(3) == payloads[3]
+    idx_path, rec_path = _paths(fixtures_dir, "mx_multipart")
+    raw = rec_path.read_bytes()
+    with MXIndexedRecordIO(idx_path, rec_path, "r") as rec:
+        cflags = {key: struct.unpack_from("<II", raw, rec.idx[key])[1] >> 29 for key in rec.keys}
+        assert set(cflags.values()) == {0, 1}
+        for key in rec.keys:
+            reads.clear()
+            rec.read_idx(key)
+            assert (len(reads) == 1) == (cflags[key] == 0)          # multi-part: part by part
+    with MXIndexedRecordIO(tmp_path / "all.idx", tmp_path / "t.rec", "r") as rec:
+        rec.read_idx(0)
+        os.truncate(tmp_path / "t.rec", (tmp_path / "t.rec").stat().st_size - 8)
+        with pytest.raises(RecordIOError, match="key 3 at byte .*cut short"):
+            rec.read_idx(3)
+
+
 def test_pickled_reader_reads_in_fresh_object(fixtures_dir):
     idx_path, rec_path = _paths(fixtures_dir, "mx_multipart")
     rec = MXIndexedRecordIO(idx_path, rec_path, "r")

@@ -28,6 +28,8 @@ _IR_FORMAT = "<IfQQ"
 _IR_STRUCT = struct.Struct(_IR_FORMAT)
 _IR_SIZE = _IR_STRUCT.size
 
+_MAX_EXTENT = 1 << 20       # one-read fast path for records up to 1 MiB
+
 _REBUILD = "rebuild the .rec and .idx together with python -m im2rec <prefix>.lst <image root>"
 
 
@@ -233,6 +235,7 @@ class MXIndexedRecordIO(MXRecordIO):
         self.key_type = key_type
         self.fidx = None
         self._offset_keys: Optional[dict] = None
+        self._extents: Optional[dict] = None
         super().__init__(uri, flag)
 
     def open(self) -> None:
@@ -241,6 +244,7 @@ class MXIndexedRecordIO(MXRecordIO):
         self.idx = {}
         self.keys = []
         self._offset_keys = None
+        self._extents = None
         try:
             if self.writable:
                 self.fidx = _create(self.idx_path)
@@ -266,7 +270,9 @@ class MXIndexedRecordIO(MXRecordIO):
         """Return the record of key `idx`."""
         self._check_reader()
         offset = self._offset(idx)
-        buf, pos = self._read_record(offset, idx)
+        buf, pos = self._read_in_one(offset)
+        if buf is None:
+            buf, pos = self._read_record(offset, idx)
         if buf is None:
             raise self._fail(offset, idx, f"offset is past the end of the file ({self._size} bytes)",
                              f"{self.idx_path} does not match this .rec; " + _REBUILD)
@@ -285,8 +291,38 @@ class MXIndexedRecordIO(MXRecordIO):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state.update(fidx=None, _offset_keys=None)
+        state.update(fidx=None, _offset_keys=None, _extents=None)
         return state
+
+    def _read_in_one(self, offset: int) -> tuple[Optional[bytes], int]:
+        """A single-part record in one read, its extent known from the index; (None, 0) otherwise.
+
+        Anything unusual (multi-part, damaged, cut short) returns (None, 0) and is left to
+        ``_read_record``, which reads part by part and names the problem.
+        """
+        fd = self._ensure_fd()
+        if self._extents is None:
+            self._extents = self._record_extents()
+        extent = self._extents.get(offset)
+        if extent is None:
+            return None, 0
+        try:
+            data = os.pread(fd, extent, offset)
+        except OSError:
+            return None, 0
+        if len(data) < extent:
+            return None, 0
+        magic, word = _PART_HEAD.unpack_from(data)
+        length = word & _LEN_MASK
+        if magic != MAGIC or word >> 29 != 0 or 8 + length > extent:
+            return None, 0
+        return data[8:8 + length], offset + 8 + ((length + 3) & ~3)
+
+    def _record_extents(self) -> dict:
+        """{offset: bytes up to the next indexed record or the end of the file}, for the one-read path."""
+        offsets = sorted(set(self.idx.values()))
+        ends = offsets[1:] + [self._size]
+        return {start: end - start for start, end in zip(offsets, ends) if 8 <= end - start <= _MAX_EXTENT}
 
     def _offset(self, idx: Any) -> int:
         try:
