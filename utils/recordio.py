@@ -30,6 +30,18 @@ _IR_SIZE = _IR_STRUCT.size
 
 _MAX_EXTENT = 1 << 20       # one-read fast path for records up to 1 MiB
 
+# Bumped in every forked child: readers then open their own descriptor (no getpid() per read).
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 _REBUILD = "rebuild the .rec and .idx together with python -m im2rec <prefix>.lst <image root>"
 
 
@@ -54,7 +66,7 @@ class MXRecordIO:
         self.is_open = False
         self.writable = False
         self._fd: Optional[int] = None
-        self._fd_pid: Optional[int] = None
+        self._fd_generation: Optional[int] = None
         self._size = 0
         self._pos = 0
         self._file = None
@@ -124,7 +136,7 @@ class MXRecordIO:
         if self.writable and self.is_open:
             raise TypeError(f"cannot pickle {self.uri} while it is open for writing")
         state = dict(self.__dict__)
-        state.update(_fd=None, _fd_pid=None, _file=None)
+        state.update(_fd=None, _fd_generation=None, _file=None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -150,11 +162,11 @@ class MXRecordIO:
             except OSError:
                 pass
         self._fd = None
-        self._fd_pid = None
+        self._fd_generation = None
 
     def _ensure_fd(self) -> int:
         """The descriptor of this process, opened on first use (after fork/spawn: a new one)."""
-        if self._fd is None or self._fd_pid != os.getpid():
+        if self._fd is None or self._fd_generation != _fork_generation:
             self._drop_fd()
             try:
                 self._fd = os.open(self.uri, os.O_RDONLY)
@@ -162,7 +174,7 @@ class MXRecordIO:
             except OSError as err:
                 self._drop_fd()
                 raise RecordIOError(f"cannot open {self.uri}: {err.strerror}") from None
-            self._fd_pid = os.getpid()
+            self._fd_generation = _fork_generation
         return self._fd
 
     def _where(self, offset: int, key: Any = None) -> str:
