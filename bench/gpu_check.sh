@@ -6,6 +6,15 @@
 # (a venv that sees the system packages). Then bench/gpu_check.py runs every section within what is
 # left of GPU_CHECK_TOTAL_S (default 470 s, i.e. under 8 minutes) and writes $OUT/gpu_check.md when
 # $OUT is set, else bench/RESULTS_gpu.md.
+#
+# Offline machines (the lent GPU machines reach no index): carry the missing wheels in .whl/ and
+# they are installed with --no-index first. Their image has torch, torchvision, numpy, onnx; the
+# checks also import easydict and cv2. From the repo root, where pip works (.whl/ is git-ignored):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl easydict opencv-python-headless==5.0.0.93        # ~61 MB, under the 64 MiB carry limit
+# then run `bash bench/gpu_check.sh` there with carry [".whl"]. DALI's wheel (~0.5 GB) cannot travel
+# that way: without DALI on the machine its section records the import error.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 START=$(date +%s)
@@ -41,7 +50,20 @@ fail_report() {
     log "$1 (written to $out)"
 }
 
+WHEELS=${GPU_CHECK_WHEELS:-.whl}
+OFFLINE=""
 PY=$(find_python)
+if [ -n "$PY" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    SITE=${TMPDIR:-/tmp}/arcface-gpu-check-site
+    log "installing the carried wheels from $WHEELS into $SITE (no index)"
+    if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+            "$WHEELS"/*.whl; then
+        export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    else
+        log "installing the carried wheels failed"
+    fi
+    OFFLINE=1
+fi
 if [ -z "$PY" ]; then
     log "no Python with torch: installing requirement.txt into $VENV (at most 300 s)"
     if make_venv; then
@@ -49,7 +71,9 @@ if [ -z "$PY" ]; then
     fi
     PY=$(find_python) || { fail_report "torch is not installed and 'pip install -r requirement.txt' failed"; exit 1; }
 fi
-if ! has "$PY" nvidia.dali; then
+if [ -n "$OFFLINE" ] && ! has "$PY" nvidia.dali; then
+    log "nvidia.dali missing and no index to install it from: the DALI section will record the import error"
+elif ! has "$PY" nvidia.dali; then
     log "nvidia.dali missing for $PY: installing nvidia-dali-cuda120 into $VENV (at most 120 s)"
     if make_venv && timeout 120 "$VENV/bin/python" -m pip install "${PIP_OPTS[@]}" nvidia-dali-cuda120 \
             && has "$VENV/bin/python" torch && has "$VENV/bin/python" nvidia.dali; then

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,30 @@ def test_gpu_check_sh_finds_python_and_runs(tmp_path):
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert list(results) == ["nccl"] and results["nccl"]["status"] == "ok"
     assert "### nccl" in (tmp_path / "gpu_check.md").read_text()
+
+
+def _probe_wheel(folder: Path) -> None:
+    """A minimal pure-Python wheel holding the module arcface_gpu_check_probe."""
+    import zipfile
+    info = "arcface_gpu_check_probe-0.1.dist-info"
+    files = {"arcface_gpu_check_probe.py": "VALUE = 1\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: arcface-gpu-check-probe\nVersion: 0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "arcface_gpu_check_probe-0.1-py3-none-any.whl", "w") as whl:
+        for name, text in files.items():
+            whl.writestr(name, text)
+
+
+@pytest.mark.slow
+def test_gpu_check_sh_installs_carried_wheels_offline(tmp_path):
+    """On a machine without an index, wheels carried in .whl/ are installed (--no-index) before the checks."""
+    _probe_wheel(tmp_path / "wheels")
+    env = {**os.environ, "OUT": str(tmp_path), "TMPDIR": str(tmp_path), "GPU_CHECK_WHEELS": str(tmp_path / "wheels")}
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", "--sections", "nccl"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "installing the carried wheels from" in proc.stdout
+    assert (tmp_path / "arcface-gpu-check-site" / "arcface_gpu_check_probe.py").exists()
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["nccl"]["status"] == "ok"
