@@ -8,7 +8,10 @@ mirrored op for op with PIL + numpy (this environment has no torch): ``Image.fro
 float32 / 255, a copy (Normalize clones) minus 0.5 divided by 0.5; batches are stacked.
 Without Pillow the PIL steps become numpy copies and the JSON says ``"pil": false``.
 
-Usage: mx_baseline_loader.py REC IDX [--batch-size 128] [--epochs 2] [--cpu 0]; prints one JSON line.
+With --decode-only only the mxnet half runs (read, unpack, label, imdecode().asnumpy()); bench_data.py
+adds the real torchvision half, timed in the main environment, to it.
+Usage: mx_baseline_loader.py REC IDX [--batch-size 128] [--epochs 2] [--cpu 0] [--decode-only];
+prints one JSON line.
 """
 import argparse
 import json
@@ -33,13 +36,15 @@ def image_keys(rec):
     return list(rec.keys)
 
 
-def sample(rec, key):
+def sample(rec, key, decode_only=False):
     header, img = mx.recordio.unpack(rec.read_idx(key))
     label = header.label
     if not isinstance(label, numbers.Number):
         label = label[0]
     label = int(label)
     array = mx.image.imdecode(img).asnumpy()
+    if decode_only:
+        return array, label
     flip = random.random() < 0.5
     if Image is not None:
         pic = Image.fromarray(array, mode="RGB")
@@ -62,6 +67,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU (one core)")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="time only the mxnet half: read_idx + unpack + label + imdecode().asnumpy()")
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -74,9 +81,11 @@ def main():
     for _ in range(args.epochs):
         order = rng.permutation(len(keys))
         for b in range(len(order) // args.batch_size):
-            batch = [sample(rec, keys[i]) for i in order[b * args.batch_size:(b + 1) * args.batch_size]]
-            np.stack([t for t, _ in batch])
-            np.asarray([label for _, label in batch], dtype=np.int64)
+            batch = [sample(rec, keys[i], args.decode_only)
+                     for i in order[b * args.batch_size:(b + 1) * args.batch_size]]
+            if not args.decode_only:
+                np.stack([t for t, _ in batch])
+                np.asarray([label for _, label in batch], dtype=np.int64)
             images += len(batch)
     seconds = time.perf_counter() - start
     print(json.dumps({"images": images, "seconds": seconds, "img_per_s": images / seconds,

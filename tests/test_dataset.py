@@ -416,7 +416,8 @@ def test_bench_data_quick_runs(tmp_path, mxnet_python):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "| (a) original per-sample path (mxnet 1.9.1" in text and "not run" not in text
-    for row in ("| (b') project loader", "| (b) the same + the CPU normalise", "cv2.imdecode, 1 core",
+    for row in ("| (a') the same all in the MXNet side env", "+ torchvision ToPILImage/flip/ToTensor/Normalize",
+                "| (b') project loader", "| (b) the same + the CPU normalise", "cv2.imdecode, 1 core",
                 "| project DataLoader, 2 workers", "| DALI CPU pipeline"):
         assert row in text
     assert "failed:" not in text and "- loader (b') / original path (a) = " in text
