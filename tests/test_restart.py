@@ -86,22 +86,33 @@ def signal_rank_after_step(proc: subprocess.Popen, output: Path, rank: int, step
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("victim", [0, 1])
-def test_killed_worker_restarts_and_finishes(tmp_path, tiny_data, victim):  # noqa: F811
-    output = tmp_path / "out"
-    # 64 images / (4 x 2 ranks) = 8 steps per epoch, 6 epochs = 48 steps, a checkpoint every 2 steps
-    config = write_config(tmp_path / "c.py", tiny_data, output, batch_size=4, num_epoch=6,
-                          checkpoint_every=2, resume="auto", frequent=4)
-    proc = torchrun(config, "--max-restarts=1", "--monitor-interval=0.2")
-    killed: dict = {}
-    watcher = threading.Thread(target=signal_rank_after_step, args=(proc, output, victim, 10, killed))
+def job_config(tmp_path: Path, data: Path) -> Path:
+    """64 images / (4 x 2 ranks) = 8 steps per epoch, 6 epochs = 48 steps, a checkpoint every 2 steps."""
+    return write_config(tmp_path / "c.py", data, tmp_path / "out", batch_size=4, num_epoch=6,
+                        checkpoint_every=2, resume="auto", frequent=4)
+
+
+def run_and_signal(config: Path, output: Path, rank: int, step: int, signum: int,
+                   *torchrun_options: str) -> tuple[str, subprocess.Popen]:
+    """Run the job under torchrun, send ``signum`` to ``rank`` once it saved ``step``; (output, process)."""
+    proc = torchrun(config, *torchrun_options)
+    sent: dict = {}
+    watcher = threading.Thread(target=signal_rank_after_step, args=(proc, output, rank, step, sent, signum))
     watcher.start()
     try:
         log, _ = proc.communicate(timeout=300)
     finally:
         stop_job(proc)
         watcher.join()
-    assert killed, f"the run ended before rank {victim} could be killed:\n{log[-3000:]}"
+    assert sent, f"the run ended before rank {rank} got signal {signum}:\n{log[-3000:]}"
+    return log, proc
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_killed_worker_restarts_and_finishes(tmp_path, tiny_data, victim):  # noqa: F811
+    output = tmp_path / "out"
+    config = job_config(tmp_path, tiny_data)
+    log, proc = run_and_signal(config, output, victim, 10, signal.SIGKILL, "--max-restarts=1", "--monitor-interval=0.2")
     assert proc.returncode == 0, log[-4000:]
     training_log = (output / "training.log").read_text()
     assert "resumed from" in training_log, training_log[-2000:]
@@ -114,19 +125,8 @@ def test_killed_worker_restarts_and_finishes(tmp_path, tiny_data, victim):  # no
 
 def test_sigterm_to_one_rank_stops_both_with_checkpoints_then_resume_finishes(tmp_path, tiny_data):  # noqa: F811
     output = tmp_path / "out"
-    config = write_config(tmp_path / "c.py", tiny_data, output, batch_size=4, num_epoch=6, checkpoint_every=2,
-                          resume="auto", frequent=4)
-    proc = torchrun(config)
-    sent: dict = {}
-    watcher = threading.Thread(target=signal_rank_after_step,
-                               args=(proc, output, 1, 6, sent, signal.SIGTERM))
-    watcher.start()
-    try:
-        log, _ = proc.communicate(timeout=300)
-    finally:
-        stop_job(proc)
-        watcher.join()
-    assert sent, f"the run ended before rank 1 got SIGTERM:\n{log[-3000:]}"
+    config = job_config(tmp_path, tiny_data)
+    log, proc = run_and_signal(config, output, 1, 6, signal.SIGTERM)
     assert proc.returncode != 0
     assert re.search(r"stopped by SIGTERM at global step (\d+)", log), log[-3000:]
     stopped_at = int(re.search(r"stopped by SIGTERM at global step (\d+)", log).group(1))
