@@ -173,3 +173,15 @@ def _agreement_worker(rank: int, world: int, root: str) -> None:
 @pytest.mark.timeout(120)
 def test_ranks_resume_from_a_step_they_all_hold(tmp_path):
     mp.spawn(_agreement_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+
+
+def test_unreadable_checkpoints_are_refused_and_legacy_format_files_resume(tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    cfg = EasyDict(output=str(output), resume="auto")
+    (output / "checkpoint_gpu_0.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"no checkpoint can be read \(.*checkpoint_gpu_0\.pt\)"):
+        load_checkpoint(cfg, 0)                       # "auto" must not start over a damaged run
+    torch.save({"global_step": 7, "epoch": 1}, output / "checkpoint_gpu_0.pt",
+               _use_new_zipfile_serialization=False)  # written by an old torch: no memory mapping
+    assert load_checkpoint(cfg, 0)["global_step"] == 7

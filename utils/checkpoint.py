@@ -74,14 +74,17 @@ def save_rank_checkpoint(state: dict[str, Any], output: str, rank: int, keep_pre
 
 
 def saved_step(path: str) -> int | None:
-    """The global step stored in a checkpoint (tensors memory-mapped, not read); None if unusable."""
+    """The global step stored in a checkpoint (tensors memory-mapped when the format allows); None if unusable."""
     if not os.path.exists(path):
         return None
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
-    except Exception as err:  # a damaged file is skipped, not fatal: an older one may serve
-        logging.warning("ignoring unreadable checkpoint %s: %s", path, err)
-        return None
+    problem: Exception | None = None
+    for mmap in (True, False):         # files of old torch.save formats cannot be memory-mapped
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)["global_step"])
+        except Exception as err:  # a damaged file is skipped, not fatal: an older one may serve
+            problem = err
+    logging.warning("ignoring unreadable checkpoint %s: %s", path, problem)
+    return None
 
 
 def load_checkpoint(cfg: Any, rank: int, distributed: bool = False) -> dict[str, Any] | None:
@@ -93,16 +96,23 @@ def load_checkpoint(cfg: Any, rank: int, distributed: bool = False) -> dict[str,
     """
     if cfg.resume is False:
         return None
-    held = {}
+    held, unreadable = {}, []
     for path in (previous_checkpoint_path(cfg.output, rank), checkpoint_path(cfg.output, rank)):
         step = saved_step(path)
         if step is not None:
             held[step] = path
-    per_rank = [sorted(held)]
+        elif os.path.exists(path):
+            unreadable.append(path)
+    per_rank = [(sorted(held), unreadable)]
     if distributed:
         per_rank = [None] * dist.get_world_size()
-        dist.all_gather_object(per_rank, sorted(held))
+        dist.all_gather_object(per_rank, (sorted(held), unreadable))
+    damaged = [path for _, paths in per_rank for path in paths]
+    per_rank = [steps for steps, _ in per_rank]
     if not any(per_rank):
+        if damaged:
+            raise ConfigError(f"no checkpoint can be read ({', '.join(damaged)}): move them away to start "
+                              f"fresh, or restore them from a copy")
         if cfg.resume == "auto":
             return None
         raise ConfigError(f"resume=True but {checkpoint_path(cfg.output, rank)} does not exist (train with "
