@@ -22,7 +22,7 @@ from utils.data_check import check_data_vs_config, inspect_data, resolve_auto
 from utils.errors import ArcFaceError
 from utils.utils_callbacks import CallBackLogging, CallBackVerification
 from utils.utils_config import get_config
-from utils.utils_distributed import cleanup, setup, setup_seed
+from utils.utils_distributed import cleanup, keep_freed_cpu_memory, setup, setup_seed
 from utils.utils_logging import AverageMeter, init_logging
 from utils.utils_train import (GradScaleWatch, build_backbone, build_grad_scaler, build_lr_scheduler,
                                build_optimizer, log_config, set_step_counts, train_step)
@@ -34,6 +34,7 @@ class TrainingStopped(ArcFaceError):
 
 def main(args: argparse.Namespace) -> None:
     cfg = get_config(args.config, args.set)
+    keep_freed_cpu_memory()
     info = setup(args.local_rank)
     setup_seed(cfg.seed, cuda_deterministic=False)
     os.makedirs(cfg.output, exist_ok=True)

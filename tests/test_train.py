@@ -243,3 +243,27 @@ def test_grad_scale_watch_reports_a_collapsing_fp16_scale():
     run_step(low, overflow=True)
     assert "fell to 0.5 at global step 1" in watch.check(1)
     assert GradScaleWatch(torch.amp.GradScaler("cpu", enabled=False)).check(1) is None
+
+
+def test_freed_cpu_memory_is_reused_instead_of_page_faulted_again():
+    """With keep_freed_cpu_memory(), CPU training steps reuse freed activations instead of faulting them in."""
+    code = (
+        "import resource, sys, torch\n"
+        "from backbones import get_model\n"
+        "from utils.utils_distributed import keep_freed_cpu_memory\n"
+        "assert keep_freed_cpu_memory() if sys.argv[1] == 'on' else True\n"
+        "torch.manual_seed(0); torch.set_num_threads(1)\n"
+        "net, x = get_model('mbf_tiny', num_features=64), torch.randn(16, 3, 112, 112)\n"
+        "def step(): net(x).square().mean().backward()\n"
+        "def faults(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "step(); step(); start = faults()\n"
+        "for _ in range(3): step()\n"
+        "print(faults() - start)\n")
+    counts = {}
+    for mode in ("off", "on"):
+        result = subprocess.run([sys.executable, "-c", code, mode], cwd=REPO, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        counts[mode] = int(result.stdout.split()[-1])
+    # measured: ~157,000 page faults in 3 steps by default, ~6,000 with freed memory kept
+    assert counts["on"] * 5 < counts["off"], counts

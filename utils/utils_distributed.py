@@ -1,9 +1,11 @@
-"""Pick the device and the process-group backend once; seeds."""
+"""Process set-up, done once: the device, the process-group backend, seeds, the CPU allocator."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -76,6 +78,26 @@ def restart_safe_store() -> dist.Store | None:
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                           timeout=timedelta(minutes=30))
     return dist.PrefixStore(f"arcface_attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3      # glibc mallopt parameters
+
+
+def keep_freed_cpu_memory() -> bool:
+    """Let glibc keep freed memory for reuse: large blocks from the heap, the heap never trimmed.
+
+    A training step frees and re-allocates the same activation tensors. By default glibc hands
+    large blocks back to the system and page-faults them in again at the next step, which was over
+    half of a CPU step here (mbf_tiny, batch 64: 1176 -> 549 ms/step). Returns False where there is
+    no glibc mallopt (other C libraries, other systems): nothing changes there.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
 
 
 def cleanup(info: DistInfo) -> None:
