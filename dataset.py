@@ -507,8 +507,10 @@ def _new_batch(shape: tuple) -> torch.Tensor:
     """An uninitialised uint8 batch: in shared memory in a DataLoader worker (it crosses to the main
     process), else in numpy's heap memory (torch.empty page-faults a large tensor in afresh each time)."""
     if get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))   # as default_collate does
-        return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        new_shared = getattr(torch.UntypedStorage, "_new_shared", None)    # what default_collate uses
+        if new_shared is None:
+            return torch.empty(shape, dtype=torch.uint8).share_memory_()
+        return torch.empty(0, dtype=torch.uint8).set_(new_shared(int(np.prod(shape)))).view(shape)
     return torch.from_numpy(np.empty(shape, dtype=np.uint8))
 
 
