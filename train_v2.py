@@ -17,7 +17,8 @@ from dataset import aug_from_config, get_dataloader
 from losses import CombinedMarginLoss
 from partial_fc_v2 import PartialFC_V2
 from utils.checkpoint import (OutputLock, StopRequest, atomic_save, checkpoint_path, fingerprint,
-                              load_checkpoint, rng_states, save_rank_checkpoint, set_rng_states)
+                              load_checkpoint, remove_stale_temporaries, rng_states, save_rank_checkpoint,
+                              set_rng_states)
 from utils.data_check import check_data_vs_config, inspect_data, resolve_auto
 from utils.errors import ArcFaceError
 from utils.utils_callbacks import CallBackLogging, CallBackVerification
@@ -77,6 +78,7 @@ def train(cfg, info) -> None:
     amp = build_grad_scaler(cfg, info.device)
 
     start_epoch, global_step, start_batch = 0, 0, 0
+    remove_stale_temporaries(cfg.output, info.rank)
     dict_checkpoint = load_checkpoint(cfg, info.rank, info.distributed)
     if dict_checkpoint is not None:
         start_epoch = dict_checkpoint["epoch"]

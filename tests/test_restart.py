@@ -185,3 +185,16 @@ def test_unreadable_checkpoints_are_refused_and_legacy_format_files_resume(tmp_p
     torch.save({"global_step": 7, "epoch": 1}, output / "checkpoint_gpu_0.pt",
                _use_new_zipfile_serialization=False)  # written by an old torch: no memory mapping
     assert load_checkpoint(cfg, 0)["global_step"] == 7
+
+
+def test_temporaries_of_killed_saves_are_removed_and_live_ones_kept(tmp_path):
+    from utils.checkpoint import remove_stale_temporaries
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    names = [f"checkpoint_gpu_0.pt.tmp.{dead}", f"checkpoint_gpu_0.previous.pt.tmp.{dead}", f"model.pt.tmp.{dead}",
+             f"checkpoint_gpu_0.pt.tmp.{os.getpid()}", f"checkpoint_gpu_1.pt.tmp.{dead}", "checkpoint_gpu_0.pt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_stale_temporaries(str(tmp_path), 0)
+    assert sorted(Path(p).name for p in removed) == sorted(names[:3])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[3:])   # a live save, rank 1's, the real one

@@ -33,6 +33,31 @@ def atomic_save(obj: Any, path: str) -> None:
             os.remove(tmp)
 
 
+def remove_stale_temporaries(output: str, rank: int) -> list[str]:
+    """Delete the temporary files that killed saves of this rank left (``<file>.tmp.<pid>`` whose
+    process is gone); returns their paths."""
+    prefixes = (f"checkpoint_gpu_{rank}.pt.tmp.", f"checkpoint_gpu_{rank}.previous.pt.tmp.") + \
+        (("model.pt.tmp.",) if rank == 0 else ())
+    stale = []
+    for name in os.listdir(output):
+        pid = name.rsplit(".tmp.", 1)[-1]
+        if name.startswith(prefixes) and pid.isdigit() and not _process_alive(int(pid)):
+            stale.append(os.path.join(output, name))
+            os.remove(stale[-1])
+            logging.warning("removed %s, left by an interrupted save", stale[-1])
+    return stale
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def checkpoint_path(output: str, rank: int) -> str:
     return os.path.join(output, f"checkpoint_gpu_{rank}.pt")
 
@@ -157,12 +182,9 @@ class OutputLock:
         if holder.get("host") != socket.gethostname():
             return True  # cannot check another machine: assume it is running
         try:
-            os.kill(int(holder["pid"]), 0)
-        except (ProcessLookupError, ValueError, KeyError):
+            return _process_alive(int(holder["pid"]))
+        except (ValueError, KeyError, TypeError):
             return False
-        except PermissionError:
-            return True
-        return True
 
     def acquire(self) -> None:
         holder = self._holder()
