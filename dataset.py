@@ -209,7 +209,7 @@ class FaceDataset(Dataset):
             else:
                 index, sample_seed = _index_and_seed(item)
                 image, label = self._load_or_replace(index, sample_seed)
-                cv2.split(image, [slot[2], slot[1], slot[0]])
+                split_bgr_into_rgb_planes(image, slot)
                 if self.aug["flip"] and (sample_seed >> 32) & 1:
                     rows = slot.reshape(-1, slot.shape[-1])      # the 3 planes as one image
                     cv2.flip(rows, 1, dst=rows)
@@ -353,10 +353,15 @@ def _index_and_seed(item) -> tuple[int, int]:
     return int(index), sample_seed
 
 
+def split_bgr_into_rgb_planes(image: np.ndarray, planes: np.ndarray) -> None:
+    """Write a uint8 BGR (H, W, 3) image into uint8 (3, H, W) ``planes`` as RGB (one cv2.split)."""
+    cv2.split(image, [planes[2], planes[1], planes[0]])
+
+
 def bgr_to_rgb_chw(image: np.ndarray) -> torch.Tensor:
-    """uint8 BGR (H, W, 3) -> uint8 RGB (3, H, W) tensor (one cv2.split into reversed planes)."""
+    """uint8 BGR (H, W, 3) -> a new uint8 RGB (3, H, W) tensor."""
     out = np.empty((3,) + image.shape[:2], dtype=np.uint8)
-    cv2.split(image, [out[2], out[1], out[0]])
+    split_bgr_into_rgb_planes(image, out)
     return torch.from_numpy(out)
 
 

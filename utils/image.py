@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 from utils.errors import DataError
 
 # OpenCV's thread pool spins while it waits; next to DataLoader workers and torch's own threads it
-# slowed the main process's batch normalise ~3x (bench: 2 workers 5.4k -> 15k img/s with it off).
+# slowed the main process's batch normalise (bench: 2 workers 5.5k -> 8.8-10.7k img/s with it off).
 # The cv2 calls of the data path work on one image or one batch: run them on the calling thread.
 cv2.setNumThreads(0)
 
