@@ -11,6 +11,8 @@ runs. Sections, in order:
   memory        peak CUDA memory and step time, gradient checkpointing off / on
   dali          DALI decode img/s of generated 112x112 JPEGs packed with utils.recordio:
                 fn.readers.mxnet + fn.decoders.image on 'mixed' (GPU) and 'cpu'; the toolkit's DALILoader
+  decode        GPU JPEG decode without DALI (the lent machines have torchvision, not DALI):
+                torchvision.io.decode_jpeg on CUDA (nvJPEG, batched) vs cv2 / torchvision on one CPU core
   compile:NET   eager vs torch.compile (config key `compile`), interleaved; compile time recorded
 for NET in r50 and LResNet50E_IR. Writes $OUT/gpu_check.md when $OUT is set, else
 bench/RESULTS_gpu.md, plus the raw results as JSON beside it, after every section.
@@ -263,20 +265,31 @@ def section_memory(args: argparse.Namespace, emit: Emit) -> dict:
     return result
 
 
-def make_rec(folder: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
-    """`count` 112x112 JPEGs (smooth colour fields + noise, quality 95) in train.rec/.idx, labels i % 100."""
+def synthetic_jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """`count` 112x112 JPEGs (smooth colour fields + noise, quality 95), face-crop sized."""
     import cv2
     import numpy as np
-    from utils.recordio import IRHeader, MXIndexedRecordIO, pack_img
     rng = np.random.default_rng(seed)
+    jpegs = []
+    for _ in range(count):
+        low = rng.integers(0, 256, (7, 7, 3), dtype=np.uint8)
+        img = cv2.resize(low, (112, 112), interpolation=cv2.INTER_CUBIC)
+        img = cv2.add(img, rng.integers(0, 24, (112, 112, 3), dtype=np.uint8))
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        if not ok:
+            raise RuntimeError("cv2.imencode failed")
+        jpegs.append(buf.tobytes())
+    return jpegs
+
+
+def make_rec(folder: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
+    """synthetic_jpegs(count) in train.rec/.idx, labels i % 100."""
+    from utils.recordio import IRHeader, MXIndexedRecordIO, pack
     rec, idx = folder / "train.rec", folder / "train.idx"
     writer = MXIndexedRecordIO(str(idx), str(rec), "w")
     try:
-        for i in range(count):
-            low = rng.integers(0, 256, (7, 7, 3), dtype=np.uint8)
-            img = cv2.resize(low, (112, 112), interpolation=cv2.INTER_CUBIC)
-            img = cv2.add(img, rng.integers(0, 24, (112, 112, 3), dtype=np.uint8))
-            writer.write_idx(i, pack_img(IRHeader(0, float(i % 100), i, 0), img, quality=95))
+        for i, jpeg in enumerate(synthetic_jpegs(count, seed)):
+            writer.write_idx(i, pack(IRHeader(0, float(i % 100), i, 0), jpeg))
     finally:
         writer.close()
     return rec, idx
@@ -359,6 +372,54 @@ def section_dali(args: argparse.Namespace, emit: Emit) -> dict:
     return result
 
 
+def _decode_rate(decode_batch: Callable[[list], Any], jpegs: list, batch: int, seconds: float,
+                 device: torch.device) -> float:
+    """Images/s of decode_batch over consecutive slices of `batch` JPEGs, after 2 warm-up batches."""
+    slices = [jpegs[i:i + batch] for i in range(0, len(jpegs) - batch + 1, batch)]
+    for chunk in slices[:2]:
+        decode_batch(chunk)
+    _sync(device)
+    count, tic = 0, time.perf_counter()
+    while time.perf_counter() - tic < seconds:
+        decode_batch(slices[count // batch % len(slices)])
+        count += batch
+    _sync(device)
+    return count / (time.perf_counter() - tic)
+
+
+def section_decode(args: argparse.Namespace, emit: Emit) -> dict:
+    """GPU JPEG decode without DALI: torchvision.io.decode_jpeg on CUDA (nvJPEG), batched, vs the CPU."""
+    import cv2
+    import numpy as np
+    from torchvision.io import decode_jpeg
+    result: dict[str, Any] = {"rows": [], "notes": []}
+    raw = synthetic_jpegs(args.dali_images)
+    as_tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in raw]
+    as_arrays = [np.frombuffer(b, dtype=np.uint8) for b in raw]
+    batch = min(args.dali_batch, len(raw))
+    result["notes"].append(f"{len(raw)} JPEGs 112x112 q95, batches of {batch}, {args.dali_seconds:.1f} s per "
+                           "variant; one CPU thread for the CPU rows (per-core rates, as bench/bench_data.py)")
+    cv2.setNumThreads(0)
+    cpu = torch.device("cpu")
+    plan: list[tuple[str, Callable[[list], Any], list, torch.device]] = [
+        ("cv2.imdecode, CPU", lambda chunk: [cv2.imdecode(a, cv2.IMREAD_COLOR) for a in chunk], as_arrays, cpu),
+        ("torchvision decode_jpeg, CPU", lambda chunk: decode_jpeg(chunk), as_tensors, cpu)]
+    if _cuda_only(args) is None:
+        gpu = _device(args)
+        plan.append(("torchvision decode_jpeg, CUDA (nvJPEG), batched",
+                     lambda chunk: decode_jpeg(chunk, device=gpu), as_tensors, gpu))
+    else:
+        result["rows"].append({"variant": "torchvision decode_jpeg, CUDA (nvJPEG), batched",
+                               "img/s": f"skipped: {_cuda_only(args)}"})
+    base = None
+    for label, decode_batch, data, device in plan:
+        rate = _decode_rate(decode_batch, data, batch, args.dali_seconds, device)
+        base = base or rate
+        result["rows"].append({"variant": label, "img/s": round(rate), "vs cv2.imdecode": round(rate / base, 2)})
+        emit(result)
+    return result
+
+
 def section_compile(args: argparse.Namespace, emit: Emit, network: str) -> dict:
     result = section_train(args, emit, network, ["eager", "compile"])
     result["notes"].append("torch.compile default mode (inductor) of the backbone, as config key compile=True; "
@@ -373,6 +434,8 @@ def run_section(name: str, args: argparse.Namespace, emit: Emit) -> dict:
         return section_nccl(args, emit)
     if name == "dali":
         return section_dali(args, emit)
+    if name == "decode":
+        return section_decode(args, emit)
     kind, _, network = name.partition(":")
     if not args.dry_run and not torch.cuda.is_available():
         raise RuntimeError(f"CUDA not available (torch {torch.__version__}, built for CUDA {torch.version.cuda}; "
@@ -407,7 +470,8 @@ def child_main(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> list[tuple[str, float]]:
     """(section, time limit in seconds), most important first; compile (slowest) last."""
     nets = args.networks
-    sections = [("env", 30.0), ("nccl", 45.0), (f"train:{nets[0]}", 75.0), ("memory", 90.0), ("dali", 75.0)]
+    sections = [("env", 30.0), ("nccl", 45.0), (f"train:{nets[0]}", 75.0), ("memory", 90.0), ("dali", 75.0),
+                ("decode", 45.0)]
     sections += [(f"train:{n}", 75.0) for n in nets[1:]]
     sections += [(f"compile:{n}", args.compile_limit) for n in nets]
     if args.sections:

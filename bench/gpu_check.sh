@@ -14,7 +14,8 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl easydict opencv-python-headless==5.0.0.93        # ~61 MB, under the 64 MiB carry limit
 # then run `bash bench/gpu_check.sh` there with carry [".whl"]. DALI's wheel (~0.5 GB) cannot travel
-# that way: without DALI on the machine its section records the import error.
+# that way: without DALI on the machine its section records the import error, and the
+# decode section measures GPU JPEG decode with torchvision's nvJPEG instead.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 START=$(date +%s)

@@ -44,8 +44,9 @@ def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "gpu_check.md"
     proc = _run(["bench/gpu_check.py", "--dry-run", "--out", str(out)], 400)
     results = json.loads(out.with_suffix(".json").read_text())
-    assert list(results) == ["env", "nccl", "train:mbf", "memory", "dali", "compile:mbf"], proc.stdout[-2000:]
-    for name in ("env", "nccl", "train:mbf", "memory", "dali"):
+    assert list(results) == ["env", "nccl", "train:mbf", "memory", "dali", "decode", "compile:mbf"], \
+        proc.stdout[-2000:]
+    for name in ("env", "nccl", "train:mbf", "memory", "dali", "decode"):
         assert results[name]["status"] == "ok", (name, results[name])
     assert results["nccl"]["rows"][0]["backend"] == "gloo" and results["nccl"]["rows"][0]["sum correct"]
     train = {row["variant"]: row for row in results["train:mbf"]["rows"]}
@@ -55,6 +56,10 @@ def test_gpu_check_dry_run(tmp_path):
     assert dali["fn.decoders.image mixed (GPU)"]["img/s"].startswith("skipped")
     assert all(isinstance(row["img/s"], int) and row["img/s"] > 0
                for name, row in dali.items() if "mixed" not in name)
+    decode = {row["variant"]: row for row in results["decode"]["rows"]}
+    assert decode["torchvision decode_jpeg, CUDA (nvJPEG), batched"]["img/s"].startswith("skipped")
+    assert decode["cv2.imdecode, CPU"]["vs cv2.imdecode"] == 1.0
+    assert decode["torchvision decode_jpeg, CPU"]["img/s"] > 0
     # The compile section gets 4 s in a dry run: a time-out that is recorded, not a crash.
     assert results["compile:mbf"]["status"].startswith(("timed out", "ok"))
     text = out.read_text()
