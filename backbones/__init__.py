@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, require_torch
 
 from .iresnet import IResNet
 from .lresnet import LResNet
@@ -69,6 +69,7 @@ def get_model(name: str, *, dropout: float | None = None, fp16: bool = False, nu
         ViT every block; None keeps upstream's default (on for vit_b, vit_l, vit_h). BN running
         statistics are updated once per step (upstream's reentrant variant updated them twice).
     """
+    require_torch()
     if name not in MODEL_CONFIGS:
         raise ConfigError(f"unknown network {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     cfg = dict(MODEL_CONFIGS[name])

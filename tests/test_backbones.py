@@ -504,3 +504,12 @@ def test_bench_memory_child_and_results_section(tmp_path):
     bench_memory.write_section("r18, batch 2", "second", path)
     text = path.read_text()
     assert text.count("## r18, batch 2") == 1 and "second" in text and "first" not in text and "other" in text
+
+
+def test_torch_older_than_supported_is_a_one_line_error():
+    from utils.errors import EnvironmentVersionError, require_torch
+    require_torch()                      # the installed torch is supported
+    require_torch("2.4.0+cu121")
+    require_torch("2.10.0a0")
+    with pytest.raises(EnvironmentVersionError, match=r"torch 2\.1\.2\+cu121 is older than 2\.4.*pip install"):
+        require_torch("2.1.2+cu121")
