@@ -22,6 +22,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 from typing import Any, Iterator, Optional
 
@@ -56,12 +57,13 @@ def get_dataloader(root_dir: str, local_rank: int, batch_size: int, dali: bool =
                    dali_aug: bool = False, seed: int = 2048, num_workers: int = 2, *,
                    aug: Optional[dict] = None, rank: Optional[int] = None,
                    world_size: Optional[int] = None, max_bad_samples: int = 0,
-                   num_classes: Optional[int] = None):
+                   num_classes: Optional[int] = None, num_image: Optional[int] = None):
     """The training loader for ``root_dir``: RecordIO, an image folder, or "synthetic".
 
     ``aug``: see AUG_DEFAULTS (defaults reproduce the original: flip only). ``num_classes``:
     labels >= it stop training with the file and key. ``max_bad_samples``: undecodable samples
-    replaced (with a warning each) before a BadRecordError stops training.
+    replaced (with a warning each) before a BadRecordError stops training. ``num_image``: the
+    length of "synthetic" data (the config's num_image; 1,000,000 when None, as the original).
     """
     aug = resolve_aug(aug)
     dist_rank, dist_world = get_dist_info()
@@ -70,7 +72,7 @@ def get_dataloader(root_dir: str, local_rank: int, batch_size: int, dali: bool =
     layout = find_layout(root_dir)
     known_classes = None
     if layout == SYNTHETIC:
-        dataset: Dataset = SyntheticDataset()
+        dataset: Dataset = SyntheticDataset(SYNTHETIC_IMAGES if num_image is None else num_image)
     elif layout == "recordio":
         dataset = MXFaceDataset(root_dir, local_rank, aug=aug, num_classes=num_classes,
                                 budget=BadSampleBudget(max_bad_samples))
@@ -319,18 +321,23 @@ class ImageFolderDataset(FaceDataset):
 
 
 class SyntheticDataset(Dataset):
-    """One random image (label 1) repeated 1,000,000 times, as the original's synthetic data."""
+    """One random image (label 1) repeated ``num_images`` times (the original: 1,000,000 always).
 
-    def __init__(self):
+    The length follows the config's ``num_image``, so the schedule computed from it ends with the
+    epochs (with a fixed length the original's 3millions.py trained on at LR 0).
+    """
+
+    def __init__(self, num_images: int = SYNTHETIC_IMAGES):
         img = np.random.randint(0, 255, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         self.img = torch.from_numpy(img).permute(2, 0, 1)   # CHW view of HWC memory, as decoders
         self.label = 1
+        self.num_images = int(num_images)
 
     def __getitem__(self, item) -> tuple[torch.Tensor, int]:
         return self.img, self.label
 
     def __len__(self) -> int:
-        return SYNTHETIC_IMAGES
+        return self.num_images
 
 
 def hflip(image: torch.Tensor) -> torch.Tensor:
@@ -387,7 +394,8 @@ class DistributedBatchSampler(Sampler):
 
     The epoch's permutation is ``randperm(n)`` seeded with ``seed + epoch``, padded by wrapping
     to a multiple of ``world_size``; rank r takes positions r, r+W, ... . ``start_batch`` skips
-    that many batches of the next iteration (then resets to 0).
+    that many batches of every iteration of the epoch set by ``set_epoch`` (the next
+    ``set_epoch`` sets it again, 0 by default).
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
@@ -423,9 +431,9 @@ class DistributedBatchSampler(Sampler):
         return order[self.rank:total:self.world_size]
 
     def __iter__(self) -> Iterator[list]:
-        order, start = self.rank_order().numpy(), self.start_batch
-        self.start_batch = 0
-        return self._batches(order, start, mix64(self.seed, self.epoch))
+        # start_batch belongs to the epoch, not to the first iterator: torch's multi-process
+        # loader calls iter() on its batch sampler twice per epoch, so a reset here lost it.
+        return self._batches(self.rank_order().numpy(), self.start_batch, mix64(self.seed, self.epoch))
 
     def _batches(self, order: np.ndarray, start: int, base: int) -> Iterator[list]:
         b = self.batch_size
@@ -438,13 +446,27 @@ class DistributedBatchSampler(Sampler):
         return self.batches_per_epoch - self.start_batch
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class _WorkerInit:
-    """Seeds python, numpy and torch in a worker from seed + num_workers * rank + worker id."""
+    """Seeds python, numpy and torch in a worker from seed + num_workers * rank + worker id, and
+    makes the worker ignore SIGINT/SIGTERM.
+
+    A cluster stops a job by signalling its whole process group (torchrun, scancel, timeout):
+    a worker that died of it made torch's SIGCHLD handler raise in the main process before the
+    graceful stop could write its checkpoint. The main process alone decides, and it stops the
+    workers itself. The signals are blocked while workers start (``_start_workers``), so one
+    that arrives before this runs stays pending and is discarded here.
+    """
 
     def __init__(self, seed: int, rank: int, num_workers: int):
         self.seed, self.rank, self.num_workers = seed, rank, num_workers
 
     def __call__(self, worker_id: int) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         import random
         worker_seed = self.seed + self.num_workers * self.rank + worker_id
         random.seed(worker_seed)
@@ -568,15 +590,24 @@ class FaceDataLoader:
     def reset(self) -> None:
         """Nothing to do (DALI loaders need it; kept for the same interface)."""
 
+    def state_dict(self) -> dict:
+        """Nothing beyond (epoch, batch): the order is a function of them (DALI loaders hold more)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: ``set_epoch(epoch, start_batch)`` replays the order exactly."""
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, start = self.sampler.epoch, self.sampler.start_batch
-        batches = iter(self.loader)
+        batches = _start_workers(self.loader)
         try:
             if self.device.type != "cuda":
                 for number, (images, labels) in enumerate(batches, start):
                     yield self.finish(images, epoch, number), labels
             else:
                 yield from self._cuda_prefetch(batches, epoch, start)
+        except DataError as err:
+            raise unwrap_worker_error(err) from None
         finally:
             # stop the workers now on an error or an early break: left to the garbage collector,
             # torch's shutdown waits 5 s per worker that is blocked on its index queue
@@ -609,6 +640,80 @@ class FaceDataLoader:
             ready = upcoming
 
 
+class _SampleCheck(Dataset):
+    """Decodes sample i of a dataset and returns its problem ('' when training can use it)."""
+
+    def __init__(self, dataset: FaceDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> str:
+        try:
+            image, label = self.dataset.load_bgr(index)
+        except DataError as err:
+            return _first_line(err)
+        if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+            return (f"{self.dataset.where(index)}: image is {image.shape[0]}x{image.shape[1]}, expected "
+                    f"{IMAGE_SIZE}x{IMAGE_SIZE}")
+        num_classes = self.dataset.num_classes
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            return f"{self.dataset.where(index)}: label {label} is outside 0..{num_classes}-1"
+        return ""
+
+
+def check_all_samples(root_dir: str, num_workers: int = 2, max_bad_samples: int = 0,
+                      num_classes: Optional[int] = None) -> int:
+    """check_data="full": decode every sample once before training; returns the number of bad ones.
+
+    More than ``max_bad_samples`` bad samples raise a DataError naming the first ones (fewer are
+    warned about and replaced during training as usual).
+    """
+    layout = find_layout(root_dir)
+    if layout == SYNTHETIC:
+        return 0
+    kind = MXFaceDataset if layout == "recordio" else ImageFolderDataset
+    checker = _SampleCheck(kind(root_dir, num_classes=num_classes))
+    loader = DataLoader(checker, batch_size=256, num_workers=num_workers, collate_fn=list,
+                        worker_init_fn=_WorkerInit(0, 0, num_workers) if num_workers else None)
+    problems = [p for batch in _start_workers(loader) for p in batch if p]
+    logger.info("check_data=full: decoded %d samples of %s, %d bad", len(checker), root_dir, len(problems))
+    for problem in problems[:max_bad_samples]:
+        logger.warning("bad sample: %s", problem)
+    if len(problems) > max_bad_samples:
+        raise DataError(f"{len(problems)} of {len(checker)} samples cannot be used (max_bad_samples="
+                        f"{max_bad_samples}); first: {problems[0]}: fix or re-pack the data "
+                        f"(python -m im2rec --check lists them all), or raise max_bad_samples")
+    return len(problems)
+
+
+def _start_workers(loader: DataLoader):
+    """iter(loader) with SIGINT/SIGTERM blocked while the worker processes fork (see _WorkerInit)."""
+    if loader.num_workers == 0:
+        return iter(loader)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def unwrap_worker_error(err: DataError) -> DataError:
+    """The error a DataLoader worker raised, without the worker traceback torch wraps around it.
+
+    torch re-raises a worker's exception as ``type(err)("Caught X in DataLoader worker process
+    N.\nOriginal Traceback ...\nX: <message>")``; the message is the last line after "X: ".
+    """
+    text = str(err)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return err
+    name = type(err).__name__
+    last = text.rstrip().splitlines()[-1]
+    message = last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    return type(err)(message)
+
+
 class DALILoader:
     """NVIDIA DALI pipeline over train.rec with the same batch contract as FaceDataLoader.
 
@@ -623,8 +728,12 @@ class DALILoader:
     RandomErasing: the boxes are drawn per batch as in the PyTorch path and painted after
     normalisation, because fn.erase would paint the uint8 image, where RandomErasing's value 0
     after Normalize (pixel 127.5) does not exist. RandAugment cannot be expressed with DALI
-    operators here and raises ConfigError. DALI owns the sample order: ``set_epoch`` cannot
-    replay an epoch, and ``start_batch`` skips by reading (and decoding) those batches.
+    operators here and raises ConfigError. DALI owns the sample order; resume is exact through
+    DALI's own checkpointing: ``state_dict()`` holds the pipeline's reader and random-operator
+    state after the batches consumed so far, ``load_state_dict()`` rebuilds the pipeline from it,
+    and the next ``set_epoch(epoch, start_batch)`` continues there. Without such a state (an old
+    checkpoint) ``start_batch`` skips by reading those batches (the step count is exact, the
+    samples are not; a warning says so).
     """
 
     def __init__(self, dataset: MXFaceDataset, batch_size: int, local_rank: int = 0,
@@ -648,9 +757,12 @@ class DALILoader:
             raise ConfigError(f"{self.num_images} images cannot fill one batch of {batch_size} on "
                               f"each of {world_size} processes: lower batch_size")
         self.batches_per_epoch = per_rank // batch_size
-        self.epoch, self._skip = 0, 0
-        self._iter = self._build(dataset.path_imgrec, idx_path, local_rank, seed, dali_aug,
-                                 aug["flip"], num_threads)
+        self.epoch, self._skip, self._start = 0, 0, 0
+        self._position = (0, 0)              # (epoch, batch) of the next batch the pipeline yields
+        self._restored: Optional[tuple[int, int]] = None
+        self._build_args = (dataset.path_imgrec, idx_path, local_rank, seed, dali_aug, aug["flip"],
+                            num_threads)
+        self._iter = self._build(*self._build_args)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -658,26 +770,49 @@ class DALILoader:
     def __del__(self):
         shutil.rmtree(getattr(self, "_tmpdir", ""), ignore_errors=True)
 
+    def state_dict(self) -> dict:
+        """The pipeline's position after the batches handed out so far (DALI checkpoint)."""
+        epoch, batch = self._position
+        return {"dali_checkpoint": self._iter.checkpoints()[0], "epoch": epoch, "batch": batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Rebuild the pipeline at a saved position; the matching set_epoch continues there."""
+        if "dali_checkpoint" not in state:
+            return                       # an older checkpoint: set_epoch skips by reading, with a warning
+        self._iter = self._build(*self._build_args, checkpoint=state["dali_checkpoint"])
+        self._restored = (int(state["epoch"]), int(state["batch"]))
+
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         if not 0 <= start_batch <= self.batches_per_epoch:
             raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch}")
-        if start_batch:
-            logger.warning("DALI cannot replay the sample order of epoch %d: skipping %d batches "
-                           "by reading them (the step count is exact, the samples are not)",
-                           epoch, start_batch)
-        self.epoch, self._skip = int(epoch), int(start_batch)
+        restored, self._restored = self._restored, None
+        self.epoch, self._start, self._skip = int(epoch), int(start_batch), 0
+        self._position = (self.epoch, self._start)
+        if restored is not None and restored != (self.epoch, self._start):
+            raise ConfigError(f"the DALI pipeline state was saved at epoch {restored[0]} batch "
+                              f"{restored[1]}, but training resumes at epoch {epoch} batch {start_batch}: "
+                              f"the checkpoint is inconsistent; resume from another one")
+        if start_batch and restored is None:
+            logger.warning("no DALI pipeline state in the checkpoint (written by an older version): "
+                           "skipping %d batches of epoch %d by reading them (the step count is exact, "
+                           "the samples are not)", start_batch, epoch)
+            self._skip = int(start_batch)
 
     def reset(self) -> None:
         """Nothing to do: the DALI iterator resets itself at the end of each epoch."""
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         skip, self._skip = self._skip, 0
-        for number, out in enumerate(self._iter):      # one DALI epoch (auto_reset at its end)
-            if number < skip:
+        start, self._start = self._start, 0      # a second iteration is DALI's next epoch
+        # one DALI epoch (auto_reset at its end); after a restore it holds the epoch's remaining batches
+        for number, out in enumerate(self._iter, start - skip):
+            if number < start:
                 continue
             images = out[0]["data"].to(self.device, non_blocking=True)
             labels = out[0]["label"].reshape(-1).to(self.device, non_blocking=True).long()
+            self._position = (self.epoch, number + 1)
             yield self.finish(images, self.epoch, number), labels
+        self._position = (self.epoch + 1, 0)
 
     def _write_index(self, dataset: MXFaceDataset, world_size: int) -> tuple[str, int]:
         """A .idx with the image keys only, trimmed to a multiple of world_size."""
@@ -691,7 +826,7 @@ class DALILoader:
         return path, keep
 
     def _build(self, rec_path: str, idx_path: str, local_rank: int, seed: int, dali_aug: bool,
-               flip: bool, num_threads: int):
+               flip: bool, num_threads: int, checkpoint: Optional[str] = None):
         import nvidia.dali.fn as fn
         import nvidia.dali.types as types
         from nvidia.dali.pipeline import Pipeline
@@ -700,7 +835,7 @@ class DALILoader:
         gpu = self.device.type == "cuda"
         pipe = Pipeline(batch_size=self.batch_size, num_threads=num_threads,
                         device_id=local_rank if gpu else None, seed=(seed + self.rank) % (1 << 31),
-                        prefetch_queue_depth=2)
+                        prefetch_queue_depth=2, enable_checkpointing=True, checkpoint=checkpoint)
         with pipe:
             jpegs, labels = fn.readers.mxnet(
                 path=rec_path, index_path=idx_path, initial_fill=32768,

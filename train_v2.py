@@ -13,12 +13,13 @@ import time
 
 import torch
 
-from dataset import aug_from_config, get_dataloader
+from backbones import check_network
+from dataset import aug_from_config, check_all_samples, get_dataloader
 from losses import CombinedMarginLoss
 from partial_fc_v2 import PartialFC_V2
 from utils.checkpoint import (OutputLock, StopRequest, atomic_save, checkpoint_path, fingerprint,
-                              load_checkpoint, remove_stale_temporaries, rng_states, save_rank_checkpoint,
-                              set_rng_states)
+                              load_checkpoint, prepare_output, remove_failed_output, remove_stale_temporaries,
+                              rng_states, save_rank_checkpoint, set_rng_states)
 from utils.data_check import check_data_vs_config, inspect_data, resolve_auto
 from utils.errors import ArcFaceError
 from utils.utils_callbacks import CallBackLogging, CallBackVerification
@@ -26,7 +27,8 @@ from utils.utils_config import get_config
 from utils.utils_distributed import cleanup, keep_freed_cpu_memory, setup, setup_seed
 from utils.utils_logging import AverageMeter, init_logging
 from utils.utils_train import (GradScaleWatch, build_backbone, build_grad_scaler, build_lr_scheduler,
-                               build_optimizer, log_config, set_step_counts, train_step)
+                               build_optimizer, config_changes, log_config, masked_config, restore_group_settings,
+                               restore_schedule, set_step_counts, train_step)
 
 
 class TrainingStopped(ArcFaceError):
@@ -35,23 +37,33 @@ class TrainingStopped(ArcFaceError):
 
 def main(args: argparse.Namespace) -> None:
     cfg = get_config(args.config, args.set)
+    check_network(cfg.network)      # a typo stops here, not after the data scan
     info = setup(args.local_rank)
     if info.device.type == "cpu":
         keep_freed_cpu_memory()     # activations live in CPU memory: reuse them (2.3x faster steps)
     setup_seed(cfg.seed, cuda_deterministic=False)
-    os.makedirs(cfg.output, exist_ok=True)
+    created, removed = prepare_output(cfg.output, cfg.resume, cfg.overwrite, info.is_main)
     init_logging(info.rank, cfg.output)
-    lock = OutputLock(cfg.output, cfg.resume)
-    if info.is_main:
-        lock.acquire()
+    for path in removed:
+        logging.warning("overwrite=True: removed %s of the earlier run", path)
+    lock = OutputLock(cfg.output, cfg.resume, cfg.overwrite)
+    progress = {"started": False}
     try:
-        train(cfg, info)
+        if info.is_main:
+            lock.acquire()
+        train(cfg, info, progress)
+    except ArcFaceError:
+        if created and info.is_main and not progress["started"]:   # a failed start-up leaves no folder behind
+            lock.release()
+            remove_failed_output(cfg.output)
+        raise
     finally:
         lock.release()
         cleanup(info)
 
 
-def train(cfg, info) -> None:
+def train(cfg, info, progress: dict | None = None) -> None:
+    """Build, loop, save; ``progress["started"]`` turns True when the first step begins."""
     # Data first: every disagreement between data and config stops here, before any heavy work.
     data_info = inspect_data(cfg.rec)
     resolve_auto(cfg, data_info)
@@ -61,7 +73,9 @@ def train(cfg, info) -> None:
     train_loader = get_dataloader(
         cfg.rec, info.local_rank, cfg.batch_size, cfg.dali, cfg.dali_aug, cfg.seed, cfg.num_workers,
         aug=aug_from_config(cfg), rank=info.rank, world_size=info.world_size,
-        max_bad_samples=cfg.max_bad_samples, num_classes=cfg.num_classes)
+        max_bad_samples=cfg.max_bad_samples, num_classes=cfg.num_classes, num_image=cfg.num_image)
+    if cfg.check_data == "full":
+        check_all_samples(cfg.rec, cfg.num_workers, cfg.max_bad_samples, cfg.num_classes)
 
     summary_writer = None
     if info.is_main and cfg.tensorboard:
@@ -80,6 +94,7 @@ def train(cfg, info) -> None:
     start_epoch, global_step, start_batch = 0, 0, 0
     remove_stale_temporaries(cfg.output, info.rank)
     dict_checkpoint = load_checkpoint(cfg, info.rank, info.distributed)
+    resume_notes: list[str] = []
     if dict_checkpoint is not None:
         start_epoch = dict_checkpoint["epoch"]
         global_step = dict_checkpoint["global_step"]
@@ -87,16 +102,23 @@ def train(cfg, info) -> None:
         backbone_module.load_state_dict(dict_checkpoint["state_dict_backbone"])
         module_partial_fc.load_state_dict(dict_checkpoint["state_dict_softmax_fc"])
         opt.load_state_dict(dict_checkpoint["state_optimizer"])
-        lr_scheduler.load_state_dict(dict_checkpoint["state_lr_scheduler"])
+        # nothing the config changed is dropped silently: applied and logged, or listed
+        resume_notes += restore_schedule(cfg, opt, lr_scheduler, dict_checkpoint["state_lr_scheduler"], global_step)
+        resume_notes += restore_group_settings(cfg, opt)
+        resume_notes += [f"resume: {change} (applies from now on)"
+                         for change in config_changes(dict_checkpoint.get("config"), cfg)]
         if "state_grad_scaler" in dict_checkpoint:
             amp.load_state_dict(dict_checkpoint["state_grad_scaler"])
         if "rng" in dict_checkpoint:
             set_rng_states(dict_checkpoint["rng"])
-        logging.info("resumed from %s: epoch %d, global step %d", dict_checkpoint["path"], start_epoch,
-                     global_step)
+        train_loader.load_state_dict(dict_checkpoint.get("state_loader") or {})
+        resume_notes.insert(0, f"resumed from {dict_checkpoint['path']}: epoch {start_epoch}, global step "
+                               f"{global_step}")
         del dict_checkpoint
 
     log_config(cfg)
+    for note in resume_notes:
+        logging.info(note)
     scale_watch = GradScaleWatch(amp)     # after the resume: it starts from the restored scale
     callback_verification = CallBackVerification(
         val_targets=cfg.val_targets if info.is_main else [], rec_prefix=cfg.rec, summary_writer=summary_writer,
@@ -105,8 +127,9 @@ def train(cfg, info) -> None:
         frequent=cfg.frequent, total_step=cfg.total_step, batch_size=cfg.batch_size,
         start_step=global_step, writer=summary_writer, world_size=info.world_size)
 
-    def save_checkpoint(epoch: int, batch_in_epoch: int) -> None:
-        if cfg.save_all_states or cfg.save_checkpoint or cfg.checkpoint_every:
+    def save_checkpoint(epoch: int, batch_in_epoch: int, resumable: bool = False) -> None:
+        """model.pt, and the rank's resumable checkpoint when asked for (always on a stop by signal)."""
+        if resumable or cfg.save_all_states or cfg.save_checkpoint or cfg.checkpoint_every:
             save_rank_checkpoint({
                 "epoch": epoch, "global_step": global_step, "batch_in_epoch": batch_in_epoch,
                 "state_dict_backbone": backbone_module.state_dict(),
@@ -115,7 +138,9 @@ def train(cfg, info) -> None:
                 "state_lr_scheduler": lr_scheduler.state_dict(),
                 "state_grad_scaler": amp.state_dict(),
                 "rng": rng_states(),
+                "state_loader": train_loader.state_dict(),
                 "fingerprint": fingerprint(cfg),
+                "config": masked_config(cfg),
             }, cfg.output, info.rank, keep_previous=info.distributed)
         if info.is_main:
             atomic_save(backbone_module.state_dict(), os.path.join(cfg.output, "model.pt"))
@@ -124,6 +149,8 @@ def train(cfg, info) -> None:
     loss_sum = torch.zeros((), device=info.device)
     stop = StopRequest()
     stop.install()
+    if progress is not None:
+        progress["started"] = True
     try:
         for epoch in range(start_epoch, cfg.num_epoch):
             train_loader.set_epoch(epoch, start_batch)
@@ -155,9 +182,10 @@ def train(cfg, info) -> None:
                 if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
                     save_checkpoint(epoch, batch_in_epoch)
                 if stop.agreed(info.distributed, info.device):
-                    save_checkpoint(epoch, batch_in_epoch)
+                    save_checkpoint(epoch, batch_in_epoch, resumable=True)
                     raise TrainingStopped(f"stopped by {stop.signal_name} at global step {global_step}; "
-                                          f"checkpoint written to {cfg.output}: rerun with resume=True to continue")
+                                          f"checkpoint written to {checkpoint_path(cfg.output, info.rank)}: "
+                                          f"rerun with resume=True to continue")
             start_batch = 0
             save_checkpoint(epoch + 1, 0)
             if cfg.dali and hasattr(train_loader, "reset"):

@@ -13,7 +13,7 @@ from .lresnet import LResNet
 from .mobilefacenet import MobileFaceNet
 from .vit import VisionTransformer
 
-__all__ = ["get_model", "MODEL_CONFIGS", "MODEL_NAMES"]
+__all__ = ["get_model", "check_network", "MODEL_CONFIGS", "MODEL_NAMES"]
 
 
 def _vit(embed_dim: int, depth: int, drop_path_rate: float, mask_ratio: float, checkpointing: bool) -> dict:
@@ -53,6 +53,16 @@ _NO_DROPOUT = ("mbf", "vit")
 _NO_CHECKPOINTING = ("mbf",)
 
 
+def check_network(name: str) -> None:
+    """ConfigError naming the closest valid network when ``name`` is not one (cheap: run it at start-up)."""
+    if name not in MODEL_CONFIGS:
+        import difflib
+        close = difflib.get_close_matches(str(name), list(MODEL_CONFIGS), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown network {name!r} (config key 'network'): {hint}valid names: "
+                          f"{', '.join(MODEL_NAMES)}")
+
+
 def get_model(name: str, *, dropout: float | None = None, fp16: bool = False, num_features: int = 512,
               gradient_checkpointing: bool | None = None,
               amp_dtype: torch.dtype | str | None = None) -> nn.Module:
@@ -70,8 +80,7 @@ def get_model(name: str, *, dropout: float | None = None, fp16: bool = False, nu
         statistics are updated once per step (upstream's reentrant variant updated them twice).
     """
     require_torch()
-    if name not in MODEL_CONFIGS:
-        raise ConfigError(f"unknown network {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    check_network(name)
     cfg = dict(MODEL_CONFIGS[name])
     family = cfg.pop("family")
     if family in _NO_DROPOUT and dropout:

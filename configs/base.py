@@ -19,7 +19,7 @@ config.output = None                    # None -> work_dirs/<config file name>
 config.embedding_size = 512
 
 # Partial FC
-config.sample_rate = 1.0
+config.sample_rate = 1.0                # fraction of class centres per step; 0 = the positives only
 config.interclass_filtering_threshold = 0.0
 
 config.fp16 = False                     # CUDA: float16 autocast + GradScaler; CPU: bfloat16 autocast (no scaler)
@@ -40,7 +40,7 @@ config.rec = "synthetic"                # folder with train.rec/train.idx (or an
 config.num_classes = "auto"             # int, or "auto": read from the data
 config.num_image = "auto"               # int, or "auto": read from the data
 config.num_epoch = 20
-config.warmup_epoch = 0
+config.warmup_epoch = 0                # -1 (the original's 3millions.py) = no warm-up, as 0
 config.val_targets = ["lfw", "cfp_fp", "agedb_30"]
 config.image_size = (112, 112)          # new
 config.dali = False                     # NVIDIA DALI data loading (GPU decode when CUDA is present)
@@ -71,6 +71,8 @@ config.compile = False                  # torch.compile the backbone
 
 # Checkpoints (new keys)
 config.checkpoint_every = 0             # also write checkpoint_gpu_{rank}.pt every N steps (0 = per epoch only)
+config.overwrite = False                # new: a fresh run may replace an earlier run in `output` (else refused)
+config.check_data = "fast"              # new: "fast" (headers, labels) | "full" (also decode every image once)
 
 config.seed = 2048
 config.verification_batch_size = 256    # new: the original used 10 (slow; results do not depend on it)

@@ -234,7 +234,6 @@ def test_parse_override_keeps_text_after_the_first_equals():
 # --- validate(): cross-key ranges and choices ------------------------------------------------
 
 @pytest.mark.parametrize("override, key", [
-    ("sample_rate=0", "sample_rate"),
     ("sample_rate=1.5", "sample_rate"),
     ("sample_rate=-0.1", "sample_rate"),
     ("optimizer=adam", "optimizer"),
@@ -244,6 +243,11 @@ def test_parse_override_keeps_text_after_the_first_equals():
     ("gradient_acc=0", "gradient_acc"),
     ("num_classes=0", "num_classes"),
     ("warmup_epoch=30", "warmup_epoch"),
+    ("warmup_epoch=-2", "warmup_epoch"),
+    ("lr=0", "lr"),
+    ("lr=-0.1", "lr"),
+    ("num_workers=-1", "num_workers"),
+    ("check_data=all", "check_data"),
 ])
 def test_validate_errors(tmp_path, override, key):
     message = config_error(write_config(tmp_path, "config.num_epoch = 20\n"), [override])
@@ -251,6 +255,7 @@ def test_validate_errors(tmp_path, override, key):
 
 
 @pytest.mark.parametrize("override", ["sample_rate=1.0", "sample_rate=0.1", "optimizer=adamw",
-                                      "lr_scheduler=step", "warmup_epoch=20"])
+                                      "lr_scheduler=step", "warmup_epoch=20",
+                                      "sample_rate=0", "warmup_epoch=-1"])  # both in original configs
 def test_validate_accepts_edges(tmp_path, override):
     get_config(str(write_config(tmp_path, "config.num_epoch = 20\n")), [override])

@@ -1,10 +1,12 @@
 """Atomic checkpoint files, exact resume, the output-folder lock and graceful stop on SIGTERM/SIGINT."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 from typing import Any
@@ -13,14 +15,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from utils.errors import ConfigError
+from utils.errors import CheckpointError, ConfigError
 
 # Config keys a checkpoint must agree on to be resumable.
-FINGERPRINT_KEYS = ("network", "embedding_size", "num_classes", "sample_rate", "batch_size", "world_size")
+FINGERPRINT_KEYS = ("network", "embedding_size", "num_classes", "sample_rate", "batch_size", "world_size",
+                    "optimizer")
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A failed write (full disk, read-only folder) leaves ``path`` as it was and raises a one-line
+    CheckpointError naming the file, the reason and the size needed.
+    """
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -28,9 +35,40 @@ def atomic_save(obj: Any, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(_write_failure(path, obj, err)) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _write_failure(path: str, obj: Any, err: Exception) -> str:
+    """'cannot write <path>: <reason> (needs about N MB, M MB free)'; the reason from errno or free space."""
+    needed = _tensor_bytes(obj)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    code = getattr(err, "errno", None)
+    if code is None and free is not None and free < needed:
+        code = errno.ENOSPC       # torch's zip writer reports a full disk as "unexpected pos"
+    reason = os.strerror(code) if code else str(err).splitlines()[0]
+    space = f"needs about {needed / 2**20:.1f} MB" + ("" if free is None else f", {free / 2**20:.1f} MB free")
+    kept = "the previous file is intact" if os.path.exists(path) else "nothing was written"
+    return (f"cannot write {path}: {reason} ({space}; {kept}): free space there or set `output` "
+            f"to a writable folder with room")
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested checkpoint (what torch.save must write, roughly)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def remove_stale_temporaries(output: str, rank: int) -> list[str]:
@@ -55,6 +93,56 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def earlier_run_files(output: str) -> list[str]:
+    """Names in ``output`` that a training run writes (model.pt, training.log, checkpoints)."""
+    if not os.path.isdir(output):
+        return []
+    return sorted(name for name in os.listdir(output)
+                  if name in ("model.pt", "training.log") or
+                  (name.startswith("checkpoint_gpu_") and name.endswith(".pt")))
+
+
+def prepare_output(output: str, resume: Any, overwrite: bool, is_main: bool) -> tuple[bool, list[str]]:
+    """Create ``output``; refuse to start a fresh run over an earlier one unless ``overwrite``.
+
+    Returns (whether the folder was created now, the earlier files removed by ``overwrite``).
+    A fresh run (resume=False, or "auto" with no checkpoint but a model.pt) would overwrite model.pt
+    and append to training.log, and eval.report would mix the two runs.
+    """
+    created = not os.path.isdir(output)
+    removed: list[str] = []
+    earlier = [] if created or not is_main else earlier_run_files(output)
+    fresh = resume is False or (resume == "auto" and not any(n.startswith("checkpoint_gpu_") for n in earlier)
+                                and "model.pt" in earlier)
+    if earlier and fresh:
+        if not overwrite:
+            raise ConfigError(
+                f"output folder {output} holds an earlier run ({', '.join(earlier[:4])}): set resume=True to "
+                f"continue it, overwrite=True to replace it, or choose another `output`")
+        for name in earlier + (["tensorboard"] if os.path.isdir(os.path.join(output, "tensorboard")) else []):
+            path = os.path.join(output, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            removed.append(path)
+    try:
+        os.makedirs(output, exist_ok=True)
+        probe = os.path.join(output, f".write_test.tmp.{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise CheckpointError(f"cannot write to the output folder {output}: {err.strerror or err}: set "
+                              f"`output` to a writable folder") from None
+    return created, removed
+
+
+def remove_failed_output(output: str) -> bool:
+    """Remove an output folder made by a run that failed before writing any weights; True if removed."""
+    if not os.path.isdir(output) or any(n != "training.log" for n in earlier_run_files(output)):
+        return False
+    shutil.rmtree(output, ignore_errors=True)
     return True
 
 
@@ -165,9 +253,10 @@ def load_checkpoint(cfg: Any, rank: int, distributed: bool = False) -> dict[str,
 class OutputLock:
     """A lock file in the output folder holding the owner's pid and host; refuses a second run."""
 
-    def __init__(self, output: str, resume: Any) -> None:
+    def __init__(self, output: str, resume: Any, overwrite: bool = False) -> None:
         self.path = os.path.join(output, ".lock")
         self.resume = resume
+        self.overwrite = overwrite
         self.held = False
 
     def _holder(self) -> dict[str, Any] | None:
@@ -189,12 +278,13 @@ class OutputLock:
     def acquire(self) -> None:
         holder = self._holder()
         if holder is not None:
-            if self._alive(holder) or self.resume is False:
+            if self._alive(holder) or (self.resume is False and not self.overwrite):
                 state = "running" if self._alive(holder) else "stale (its process is gone)"
                 raise ConfigError(
                     f"output folder {os.path.dirname(self.path)} is locked by pid {holder.get('pid')} on "
-                    f"{holder.get('host')} ({state}); use another `output`, or set resume to continue a "
-                    f"stopped run (remove {self.path} if you are sure nothing runs)")
+                    f"{holder.get('host')} ({state}); use another `output`, or set resume=True to continue a "
+                    f"stopped run or overwrite=True to replace it (remove {self.path} if you are sure "
+                    f"nothing runs)")
             logging.warning("removing stale lock %s of pid %s", self.path, holder.get("pid"))
         tmp = f"{self.path}.tmp.{os.getpid()}"
         with open(tmp, "w") as f:

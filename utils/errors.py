@@ -13,6 +13,10 @@ class DataError(ArcFaceError, ValueError):
     """A data file is missing, corrupt, or disagrees with the config."""
 
 
+class CheckpointError(ArcFaceError, OSError):
+    """A checkpoint or model file cannot be read or written (full disk, read-only folder)."""
+
+
 class EnvironmentVersionError(ArcFaceError, RuntimeError):
     """An installed package is older than the toolkit supports."""
 

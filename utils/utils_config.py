@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import math
 import os
 from pathlib import Path
 from types import ModuleType
@@ -129,8 +130,16 @@ def validate(cfg: edict) -> None:
     """Cross-key checks that need no data (ranges and choices)."""
     if len(cfg.margin_list) != 3:
         raise ConfigError(f"config key 'margin_list' must hold 3 numbers (m1, m2, m3), got {cfg.margin_list!r}")
-    if not 0.0 < cfg.sample_rate <= 1.0:
-        raise ConfigError(f"config key 'sample_rate' must be in (0, 1], got {cfg.sample_rate}")
+    if not 0.0 <= cfg.sample_rate <= 1.0:
+        raise ConfigError(f"config key 'sample_rate' must be in [0, 1] (0 = the positive class centres "
+                          f"only), got {cfg.sample_rate}")
+    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
+        raise ConfigError(f"config key 'lr' must be a number > 0, got {cfg.lr}")
+    if cfg.num_workers < 0:
+        raise ConfigError(f"config key 'num_workers' must be >= 0 (0 = load in the main process), got "
+                          f"{cfg.num_workers}")
+    if cfg.check_data not in ("fast", "full"):
+        raise ConfigError(f"config key 'check_data' must be 'fast' or 'full', got {cfg.check_data!r}")
     if cfg.optimizer not in ("sgd", "adamw"):
         raise ConfigError(f"config key 'optimizer' must be 'sgd' or 'adamw', got '{cfg.optimizer}'")
     if cfg.lr_scheduler not in ("poly", "step"):
@@ -141,5 +150,6 @@ def validate(cfg: edict) -> None:
     for key in ("num_classes", "num_image"):
         if cfg[key] != "auto" and cfg[key] < 1:
             raise ConfigError(f"config key '{key}' must be >= 1 or \"auto\", got {cfg[key]}")
-    if cfg.warmup_epoch < 0 or cfg.warmup_epoch > cfg.num_epoch:
-        raise ConfigError(f"config key 'warmup_epoch' must be in [0, num_epoch={cfg.num_epoch}], got {cfg.warmup_epoch}")
+    if cfg.warmup_epoch > cfg.num_epoch or (cfg.warmup_epoch < 0 and cfg.warmup_epoch != -1):
+        raise ConfigError(f"config key 'warmup_epoch' must be in [0, num_epoch={cfg.num_epoch}] or -1 (no "
+                          f"warm-up), got {cfg.warmup_epoch}")

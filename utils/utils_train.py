@@ -51,7 +51,8 @@ def set_step_counts(cfg: Any, world_size: int) -> None:
     if cfg.steps_per_epoch < 1:
         raise ConfigError(f"batch_size * world_size = {cfg.total_batch_size} is larger than num_image = "
                           f"{cfg.num_image}: lower batch_size")
-    cfg.warmup_step = cfg.steps_per_epoch * cfg.warmup_epoch
+    # warmup_epoch -1 (the original's 3millions.py) means no warm-up
+    cfg.warmup_step = cfg.steps_per_epoch * max(cfg.warmup_epoch, 0)
     cfg.total_step = cfg.steps_per_epoch * cfg.num_epoch
 
 
@@ -103,8 +104,76 @@ class GradScaleWatch:
 
 
 def log_config(cfg: Any) -> None:
-    for key, value in cfg.items():
+    """The original's config dump in training.log, secrets (wandb_key, tokens, ...) masked."""
+    for key, value in masked_config(cfg).items():
         logging.info(": " + key + " " * max(25 - len(key), 1) + str(value))
+
+
+# Optimiser hyper-parameters a checkpoint's param groups would silently bring back on resume.
+_GROUP_KEYS = ("momentum", "weight_decay")
+# Scheduler state that comes from the config (num_epoch, warmup_epoch, lr, lr_* keys).
+_PLAN_KEYS = ("base_lrs", "warmup_iters", "total_iters", "power", "milestones", "gamma")
+# Keys that differ between runs without meaning anything for the training itself.
+_NOT_REPORTED = ("resume", "overwrite", "config_file")
+
+
+def restore_schedule(cfg: Any, opt: torch.optim.Optimizer, lr_scheduler: Any, saved: dict,
+                     global_step: int) -> list[str]:
+    """Load the scheduler state, or re-plan it from the config when its plan differs; return log lines.
+
+    The checkpoint's scheduler carries the old total steps and base LR: loading it as is trained
+    an extended run (larger num_epoch) at LR 0 while training.log showed the new values. When
+    the plan of the config differs, the schedule continues at ``global_step`` on the new plan.
+    """
+    planned = lr_scheduler.state_dict()
+    changed = [k for k in _PLAN_KEYS if k in planned and saved.get(k) != planned[k]]
+    if not changed:
+        lr_scheduler.load_state_dict(saved)
+        return []
+    for group in opt.param_groups:
+        group["initial_lr"] = cfg.lr
+    state = dict(planned, last_epoch=global_step, _step_count=global_step + 1)
+    lr_scheduler.load_state_dict(state)
+    old_total, old_lr = saved.get("total_iters", "?"), (saved.get("base_lrs") or ["?"])[0]
+    return [f"resume: LR schedule re-planned from the config ({', '.join(changed)} changed): total steps "
+            f"{old_total} -> {getattr(lr_scheduler, 'total_iters', cfg.total_step)}, base lr {old_lr} -> "
+            f"{cfg.lr}; learning rate now {lr_scheduler.get_last_lr()[0]:.6f} at global step {global_step}"]
+
+
+def restore_group_settings(cfg: Any, opt: torch.optim.Optimizer) -> list[str]:
+    """Apply momentum / weight_decay of the config over those the optimiser state brought back."""
+    lines = []
+    for key in _GROUP_KEYS:
+        old = {group[key] for group in opt.param_groups if key in group}
+        if old and old != {cfg[key]}:
+            for group in opt.param_groups:
+                group[key] = cfg[key]
+            lines.append(f"resume: {key} {', '.join(map(str, sorted(old)))} -> {cfg[key]} (from the config)")
+    return lines
+
+
+def config_changes(saved: dict | None, cfg: Any) -> list[str]:
+    """Config keys whose value differs from the checkpoint's run (they apply from now on)."""
+    if not saved:
+        return []
+    current = masked_config(cfg)
+    return [f"{key}: {saved[key]!r} -> {current[key]!r}" for key in current
+            if key in saved and key not in _NOT_REPORTED and saved[key] != current[key]]
+
+
+def masked_config(cfg: Any) -> dict:
+    """The config as plain values, every secret-looking key's value masked."""
+    return {key: mask_secret(key, value) for key, value in cfg.items()}
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def mask_secret(key: str, value: Any) -> Any:
+    """'********' for keys naming a secret (wandb_key, hf_token, ...) when they hold a value."""
+    if value and isinstance(value, str) and any(word in key.lower() for word in _SECRET_WORDS):
+        return "*" * 8
+    return value
 
 
 def train_step(backbone: torch.nn.Module, partial_fc: torch.nn.Module, opt: torch.optim.Optimizer,
