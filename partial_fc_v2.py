@@ -294,5 +294,6 @@ def _check_sizes(embedding_size: int, num_classes: int, sample_rate: float, worl
                           "every rank needs at least one class centre; use fewer processes")
     if isinstance(embedding_size, bool) or not isinstance(embedding_size, numbers.Integral) or embedding_size < 1:
         raise ConfigError(f"embedding_size must be a positive integer, got {embedding_size!r}")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or not 0.0 < sample_rate <= 1.0:
-        raise ConfigError(f"sample_rate must be in (0, 1] (1.0 = no sampling), got {sample_rate!r}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or not 0.0 <= sample_rate <= 1.0:
+        raise ConfigError(f"sample_rate must be in [0, 1] (1.0 = no sampling, 0 = the positives only), "
+                          f"got {sample_rate!r}")

@@ -170,6 +170,15 @@ def test_sampling_with_more_positives_than_samples_keeps_exactly_them():
     assert index.tolist() == [0, 3, 9, 11, 17]
 
 
+def test_sample_rate_zero_keeps_only_the_positives():
+    """The original's wf42m_pfc0008_32gpu_r100.py trains with sample_rate = 0: positives only."""
+    X, W, _ = _data(6, 20, seed=8)
+    pfc = _pfc(W, sample_rate=0.0)
+    labels = torch.tensor([5, 1, 5, 12, 19, 7])
+    index = _check_sampled_step(pfc, X, W, labels)
+    assert index.tolist() == [1, 5, 7, 12, 19]
+
+
 def test_sample_api_remaps_labels_and_returns_kept_rows():
     X, W, _ = _data(4, 30, seed=7)
     pfc = _pfc(W, sample_rate=0.5)
@@ -236,7 +245,6 @@ def test_initialisation_matches_the_original():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_classes=0), "num_classes"),
     (dict(num_classes=10.5), "num_classes"),
-    (dict(sample_rate=0.0), "sample_rate"),
     (dict(sample_rate=1.5), "sample_rate"),
     (dict(sample_rate=-0.1), "sample_rate"),
     (dict(embedding_size=0), "embedding_size"),
