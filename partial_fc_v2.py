@@ -18,6 +18,14 @@ Without fp16 the cosine logits come from ``x_n @ W.T`` scaled by ``1/|W_j|`` (on
 function): no normalised copy of the weight is made, which saves a weight-sized buffer and its
 gradient at sample_rate 1.0 (the original's ``linear(normalize(x), normalize(W))`` keeps both).
 
+Margin heads (losses.get_margin): the head's ``needs`` says what it gets beside the cosines and
+the labels: ``norms``, the float32 norms of the gathered raw embeddings (with autograd history),
+and ``target_cos``, the target cosine of every global row (one all-reduce of N floats, no
+gradient). A head with ``k > 1`` (sub-center ArcFace) has ``num_local * k`` weight rows, row
+``c * k + j`` being sub-centre j of local class c; sampling keeps a class's k rows together and
+the class cosine is the maximum over them. A head's ``regularizer`` (MagFace) is added to the
+loss, computed from the rank's own rows so that its gradient is counted once over the ranks.
+
 The step is free of device synchronisation when ``int(sample_rate * num_local)`` is at least the
 global batch size (always true in practice); below that, a positive count is read each step.
 """
@@ -213,16 +221,25 @@ class PartialFC_V2(torch.nn.Module):
         self.num_sample = max(1, int(self.sample_rate * self.num_local))
         self.last_batch_size = 0
         self.weight_index = None
-        self.weight = torch.nn.Parameter(torch.normal(0, 0.01, (self.num_local, self.embedding_size)))
+        self.k = _centres_per_class(margin_loss)
+        self.weight = torch.nn.Parameter(torch.normal(0, 0.01, (self.num_local * self.k, self.embedding_size)))
         self.margin_softmax = margin_loss
 
     def extra_repr(self) -> str:
+        centres = f", centres_per_class={self.k}" if self.k > 1 else ""
         return (f"embedding_size={self.embedding_size}, num_local={self.num_local}, class_start={self.class_start}, "
-                f"sample_rate={self.sample_rate}, num_sample={self.num_sample}, fp16={self.fp16}")
+                f"sample_rate={self.sample_rate}, num_sample={self.num_sample}, fp16={self.fp16}{centres}")
 
     def sample(self, labels: torch.Tensor, index_positive: torch.Tensor) -> torch.Tensor:
         """The original's API: pick this step's centres, remap ``labels`` in place, return the kept rows."""
-        return self.weight.index_select(0, self._sample_index(labels, index_positive))
+        return self.weight.index_select(0, self._weight_rows(self._sample_index(labels, index_positive)))
+
+    def _weight_rows(self, class_index: torch.Tensor | None) -> torch.Tensor | None:
+        """Weight rows of the kept classes: each class's k sub-centres, in class order."""
+        if class_index is None or self.k == 1:
+            return class_index
+        offsets = torch.arange(self.k, device=class_index.device)
+        return (class_index.view(-1, 1) * self.k + offsets).view(-1)
 
     def _sample_index(self, labels: torch.Tensor, index_positive: torch.Tensor) -> torch.Tensor:
         """Sorted indices of this step's centres (also ``self.weight_index``); remaps ``labels`` in place."""
@@ -265,11 +282,24 @@ class PartialFC_V2(torch.nn.Module):
         index = self._sample_index(labels, index_positive) if self.sample_rate < 1 else None
 
         compute_dtype = _half_dtype(embeddings.device) if self.fp16 else None
+        needs = getattr(self.margin_softmax, "needs", ())
+        extras = {}
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
-            logits = NormalizedLinear.apply(normalize(embeddings), self.weight, index, compute_dtype)
-        logits = self.margin_softmax(logits, labels)
-        return self.dist_cross_entropy(logits, labels)
+            logits = NormalizedLinear.apply(normalize(embeddings), self.weight, self._weight_rows(index),
+                                            compute_dtype)
+            if self.k > 1:  # the class cosine is its best sub-centre's (gradient to that one only)
+                logits = logits.view(logits.size(0), -1, self.k).max(dim=2).values
+            if "norms" in needs:
+                extras["norms"] = torch.linalg.vector_norm(embeddings, dim=1)
+            if "target_cos" in needs:
+                extras["target_cos"] = _global_target_cos(logits, labels)
+            logits = self.margin_softmax(logits, labels, **extras)
+            loss = self.dist_cross_entropy(logits, labels)
+            regularizer = getattr(self.margin_softmax, "regularizer", None)
+            if regularizer is not None:
+                loss = loss + _counted_once(regularizer, local_embeddings, self.world_size)
+        return loss
 
     def _check_batch(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         batch_size = embeddings.size(0)
@@ -284,6 +314,38 @@ class PartialFC_V2(torch.nn.Module):
             raise DataError(f"PartialFC_V2: batch size {batch_size} differs from the first step's "
                             f"{self.last_batch_size}; every step needs the same batch size on every rank "
                             "(use drop_last=True in the data loader)")
+
+
+def _centres_per_class(margin_loss: Callable) -> int:
+    k = getattr(margin_loss, "k", 1)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ConfigError(f"PartialFC_V2: the margin's k (sub-centres per class) must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _global_target_cos(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N,) target cosine of every global row: each rank fills the rows whose class it holds, one all-reduce."""
+    with torch.no_grad():
+        valid = labels.view(-1, 1) != -1
+        target = logits.gather(1, labels.view(-1, 1).clamp_min(0)).masked_fill_(~valid, 0.0).view(-1)
+        _all_reduce(target, distributed.ReduceOp.SUM)
+    return target
+
+
+def _counted_once(regularizer: Callable, local_embeddings: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The regulariser of the rank's own rows, back-propagated as is; its value the mean over all ranks.
+
+    DDP averages the backbone gradient over ranks, so the local term's gradient becomes the global
+    mean's; computing it from the gathered rows instead would count it W times.
+    """
+    norms = torch.linalg.vector_norm(local_embeddings.to(torch.promote_types(local_embeddings.dtype,
+                                                                             torch.float32)), dim=1)
+    local = regularizer(norms)
+    if world_size == 1:
+        return local
+    total = local.detach().clone()
+    _all_reduce(total, distributed.ReduceOp.SUM)
+    return local + (total / world_size - local.detach())
 
 
 def _check_sizes(embedding_size: int, num_classes: int, sample_rate: float, world_size: int) -> None:

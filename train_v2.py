@@ -15,7 +15,7 @@ import torch
 
 from backbones import check_network
 from dataset import aug_from_config, check_all_samples, get_dataloader
-from losses import CombinedMarginLoss
+from losses import build_margin
 from partial_fc_v2 import PartialFC_V2
 from utils.checkpoint import (OutputLock, StopRequest, atomic_save, checkpoint_path, fingerprint,
                               load_checkpoint, prepare_output, remove_failed_output, remove_stale_temporaries,
@@ -83,8 +83,7 @@ def train(cfg, info, progress: dict | None = None) -> None:
         summary_writer = SummaryWriter(log_dir=os.path.join(cfg.output, "tensorboard"))
 
     backbone, backbone_module = build_backbone(cfg, info)
-    margin_loss = CombinedMarginLoss(cfg.margin_scale, cfg.margin_list[0], cfg.margin_list[1],
-                                     cfg.margin_list[2], cfg.interclass_filtering_threshold)
+    margin_loss = build_margin(cfg)
     module_partial_fc = PartialFC_V2(margin_loss, cfg.embedding_size, cfg.num_classes,
                                      cfg.sample_rate, cfg.fp16).train().to(info.device)
     opt = build_optimizer(cfg, backbone_module, module_partial_fc)

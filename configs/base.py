@@ -10,6 +10,8 @@ config = edict()
 # Margin-based softmax: (m1, m2, m3) of s*(cos(m1*theta + m2) - m3). ArcFace (1.0, 0.5, 0.0), CosFace (1.0, 0.0, 0.4)
 config.margin_list = (1.0, 0.5, 0.0)
 config.margin_scale = 64.0              # new: the scale s (hard-coded 64 in the original)
+config.margin = "combined"              # new: margin head (losses.get_margin); "combined" = margin_list as above
+config.margin_params = {}               # new: that head's parameters, e.g. {"h": 0.333} (README "Margin heads")
 config.network = "r50"
 config.resume = False                   # False | True (checkpoint must exist) | "auto" (resume when one exists)
 config.save_all_states = False

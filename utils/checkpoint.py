@@ -19,7 +19,7 @@ from utils.errors import CheckpointError, ConfigError
 
 # Config keys a checkpoint must agree on to be resumable.
 FINGERPRINT_KEYS = ("network", "embedding_size", "num_classes", "sample_rate", "batch_size", "world_size",
-                    "optimizer")
+                    "optimizer", "margin")
 
 
 def atomic_save(obj: Any, path: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 from easydict import EasyDict as edict
 
 from utils.errors import ConfigError
+from utils.margin_schema import check_margin_config
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.py"
 
@@ -60,6 +61,8 @@ def _kind_of(value: Any) -> str:
         return "auto" if value == "auto" else "str"
     if isinstance(value, (list, tuple)):
         return "sequence"
+    if isinstance(value, Mapping):
+        return "dict"
     return type(value).__name__
 
 
@@ -130,6 +133,7 @@ def validate(cfg: edict) -> None:
     """Cross-key checks that need no data (ranges and choices)."""
     if len(cfg.margin_list) != 3:
         raise ConfigError(f"config key 'margin_list' must hold 3 numbers (m1, m2, m3), got {cfg.margin_list!r}")
+    check_margin_config(cfg.margin, cfg.margin_params, cfg.margin_scale)
     if not 0.0 <= cfg.sample_rate <= 1.0:
         raise ConfigError(f"config key 'sample_rate' must be in [0, 1] (0 = the positive class centres "
                           f"only), got {cfg.sample_rate}")
