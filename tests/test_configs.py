@@ -125,3 +125,30 @@ def test_vec2face_irse50_recipe():
 def test_seed_config_accepts_set_overrides():
     cfg = get_config(str(CONFIGS / "dcface.py"), ["lr=0.02", "num_epoch=30", "warmup_epoch=0", "num_image=5000000"])
     assert (cfg.lr, cfg.num_epoch, cfg.warmup_epoch, cfg.num_image) == (0.02, 30, 0, 5000000)
+
+
+ORIGINAL_UNUSUAL = REPO / "tests" / "data" / "original_configs"
+
+
+def test_original_speed_config_runs_its_schedule_on_synthetic_data():
+    """3millions.py: warmup_epoch -1 (no warm-up) and synthetic data of num_image samples."""
+    import dataset
+    from utils.utils_train import set_step_counts
+    cfg = get_config(str(ORIGINAL_UNUSUAL / "3millions.py"))
+    set_step_counts(cfg, world_size=1)
+    assert (cfg.warmup_step, cfg.total_step) == (0, 100000 // 512 * 30)
+    loader = dataset.get_dataloader(cfg.rec, 0, cfg.batch_size, num_workers=0, num_image=cfg.num_image,
+                                    rank=0, world_size=1)
+    assert len(loader) == cfg.steps_per_epoch      # the schedule ends with the epochs, not at LR 0
+
+
+def test_original_positives_only_config_builds_its_partial_fc():
+    """wf42m_pfc0008_32gpu_r100.py: sample_rate = 0 (only the positive class centres of the batch)."""
+    import torch
+    from losses import CombinedMarginLoss
+    from partial_fc_v2 import PartialFC_V2
+    cfg = get_config(str(ORIGINAL_UNUSUAL / "wf42m_pfc0008_32gpu_r100.py"))
+    assert cfg.sample_rate == 0 and cfg.warmup_epoch == 2
+    pfc = PartialFC_V2(CombinedMarginLoss(64, *cfg.margin_list), 8, 100, cfg.sample_rate)
+    loss = pfc(torch.randn(4, 8), torch.tensor([3, 50, 3, 99]))
+    assert torch.isfinite(loss) and pfc.weight_index.tolist() == [3, 50, 99]

@@ -114,7 +114,9 @@ _GROUP_KEYS = ("momentum", "weight_decay")
 # Scheduler state that comes from the config (num_epoch, warmup_epoch, lr, lr_* keys).
 _PLAN_KEYS = ("base_lrs", "warmup_iters", "total_iters", "power", "milestones", "gamma")
 # Keys that differ between runs without meaning anything for the training itself.
-_NOT_REPORTED = ("resume", "overwrite", "config_file")
+# (the derived step counts follow the keys they come from, which are reported).
+_NOT_REPORTED = ("resume", "overwrite", "config_file", "total_step", "warmup_step", "steps_per_epoch",
+                 "total_batch_size")
 
 
 def restore_schedule(cfg: Any, opt: torch.optim.Optimizer, lr_scheduler: Any, saved: dict,
