@@ -384,6 +384,12 @@ def _decode_with_pil(data: bytes) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, ::-1])
 
 
+def _outside_epoch(start_batch: int, batches_per_epoch: int) -> str:
+    return (f"the checkpoint resumes at batch {start_batch} of its epoch, but an epoch now has "
+            f"{batches_per_epoch} batches (data, num_image or batch size changed): resume with the "
+            f"data of the checkpoint's run, or start fresh")
+
+
 def _first_line(err: Exception) -> str:
     text = str(err)
     return text.splitlines()[0] if text else type(err).__name__
@@ -413,8 +419,7 @@ class DistributedBatchSampler(Sampler):
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch} "
-                             f"(batches per epoch)")
+            raise ConfigError(_outside_epoch(start_batch, self.batches_per_epoch))
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def rank_order(self) -> torch.Tensor:
@@ -784,7 +789,7 @@ class DALILoader:
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch}")
+            raise ConfigError(_outside_epoch(start_batch, self.batches_per_epoch))
         restored, self._restored = self._restored, None
         self.epoch, self._start, self._skip = int(epoch), int(start_batch), 0
         self._position = (self.epoch, self._start)
