@@ -126,8 +126,11 @@ def inspect_records(rec_dir: str, rec: recordio.MXIndexedRecordIO, keys: list,
     return info or DataInfo(len(keys), None, None, None, "index", rec.uri)
 
 
-def scan_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """(classes, [(path, class index)]) like torchvision's ImageFolder: sorted folders and files."""
+def scan_image_folder(root: str, allow_empty: bool = False) -> tuple[list[str], list[tuple[str, int]]]:
+    """(classes, [(path, class index)]) like torchvision's ImageFolder: sorted folders and files.
+
+    Identity folders without images raise a DataError unless ``allow_empty`` (dataset statistics).
+    """
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     samples: list[tuple[str, int]] = []
     empty = []
@@ -138,7 +141,7 @@ def scan_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
         if not found:
             empty.append(name)
         samples.extend((path, label) for path in found)
-    if empty:
+    if empty and not allow_empty:
         raise DataError(f"{root}: identity folder(s) without images: {', '.join(empty[:5])}"
                         f"{' ...' if len(empty) > 5 else ''} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
                         f"remove them, class indices follow the sorted folder names")
@@ -147,10 +150,6 @@ def scan_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
 
 def check_data_vs_config(cfg: Any, info: DataInfo, world_size: int) -> list[str]:
     """Raise on data/config disagreements that would break training; return warnings to log."""
-    sample_rate = cfg.get("sample_rate", 1.0)
-    if not 0.0 < sample_rate <= 1.0:
-        raise ConfigError(f"config sample_rate={sample_rate} is outside (0, 1]: it is the fraction "
-                          f"of class centres sampled per step (1.0 = all)")
     num_classes = _resolved(cfg.num_classes, _auto_classes(info))
     num_images = _resolved(cfg.num_image, info.num_images)
     warnings: list[str] = []
@@ -169,6 +168,22 @@ def check_data_vs_config(cfg: Any, info: DataInfo, world_size: int) -> list[str]
         if abs(factor - 1.0) > _NUM_IMAGE_TOLERANCE:
             warnings.append(_num_image_warning(num_images, info, factor))
     return warnings
+
+
+def check_val_targets(cfg: Any) -> list[str]:
+    """The ``<rec>/<name>.bin`` of every val_targets entry must exist (or ``val_targets_missing="warn"``).
+
+    A missing file used to be a start-up warning only, and a 26-epoch run could end without a single
+    verification. Returns the warnings to log (relaxed mode).
+    """
+    missing = [os.path.join(cfg.rec, f"{name}.bin") for name in cfg.val_targets
+               if not os.path.exists(os.path.join(cfg.rec, f"{name}.bin"))]
+    if not missing:
+        return []
+    if cfg.get("val_targets_missing", "error") == "warn":
+        return [f"verification targets not found, skipped: {', '.join(missing)}"]
+    raise DataError(f"verification target file(s) not found: {', '.join(missing)}: put the .bin files "
+                    f"beside train.rec, remove them from val_targets, or set val_targets_missing=\"warn\"")
 
 
 def resolve_auto(cfg: Any, info: DataInfo) -> Any:

@@ -1,0 +1,134 @@
+"""eval/dataset_stats.py: counts, duplicates, label anomalies (no model) on tiny generated sets."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from eval import dataset_stats as S
+from utils import recordio
+from utils.errors import DataError
+
+
+def _jpeg(seed: int, size=(112, 112), gray: bool = False) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (*size, 1 if gray else 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def _png(seed: int, size=(90, 100), channels: int = 1) -> bytes:
+    img = np.random.default_rng(seed).integers(0, 256, (*size, channels), dtype=np.uint8)
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+@pytest.fixture()
+def planted_folder(tmp_path):
+    """Numbered identity folders 0, 1, 3, 4, 5: '2' is a gap, '5' is empty; two planted duplicates."""
+    files = {"0": [_jpeg(1), _jpeg(2), _jpeg(3)],
+             "1": [_jpeg(4), _jpeg(4)],                        # within-identity copy
+             "3": [_jpeg(5), _jpeg(6), _jpeg(7), _jpeg(1)],    # copy of an image of identity 0
+             "4": [_png(8)],                                    # 100 wide, 90 high, grey
+             "5": []}
+    root = tmp_path / "planted"
+    for name, images in files.items():
+        (root / name).mkdir(parents=True)
+        for i, data in enumerate(images):
+            ext = "png" if data.startswith(b"\x89PNG") else "jpg"
+            (root / name / f"{i}.{ext}").write_bytes(data)
+    return root
+
+
+def test_counts_duplicates_and_anomalies_by_hand(planted_folder):
+    stats = S.measure(str(planted_folder))
+    assert (stats["identities"], stats["images"], stats["classes"]) == (4, 10, 5)
+    per = stats["images_per_identity"]
+    assert (per["min"], per["median"], per["max"], per["mean"]) == (1, 2.5, 4, 2.5)
+    assert sum(per["histogram"]["counts"]) == 4
+    assert stats["image_sizes"] == {"112x112": 9, "90x100": 1}
+    assert stats["channels"] == {"3": 9, "1": 1} and stats["formats"] == {"jpeg": 9, "png": 1}
+    dup = stats["duplicates"]
+    assert (dup["groups"], dup["extra_copies"], dup["within_identity_groups"], dup["across_identity_groups"]) \
+        == (2, 2, 1, 1)
+    across = next(e for e in dup["examples"] if len(e["identities"]) > 1)
+    assert across["identities"] == ["0", "3"]
+    assert sorted(p.split("planted/")[1] for p in across["samples"]) == ["0/0.jpg", "3/3.jpg"]
+    anomalies = stats["label_anomalies"]
+    assert anomalies["empty_classes"] == ["5"] and anomalies["gaps"] == ["2"] and anomalies["num_gaps"] == 1
+
+
+def _write_rec(root, labels, payloads, identities=None):
+    """train.rec/.idx; with ``identities`` [(start, end), ...] the insightface header layout."""
+    root.mkdir()
+    writer = recordio.MXIndexedRecordIO(str(root / "train.idx"), str(root / "train.rec"), "w")
+    first = 1 if identities is not None else 0
+    if identities is not None:
+        end_images = len(labels) + 1
+        writer.write_idx(0, recordio.pack(recordio.IRHeader(2, [end_images, end_images + len(identities)], 0, 0),
+                                          b""))
+    for i, (label, payload) in enumerate(zip(labels, payloads)):
+        writer.write_idx(first + i, recordio.pack(recordio.IRHeader(0, float(label), first + i, 0), payload))
+    for j, (start, end) in enumerate(identities or []):
+        key = len(labels) + 1 + j
+        writer.write_idx(key, recordio.pack(recordio.IRHeader(2, [start, end], key, 0), b""))
+    writer.close()
+    return root
+
+
+def test_recordio_gap_and_empty_identity_record(tmp_path):
+    labels = [0, 0, 1, 3, 3]
+    payloads = [_jpeg(1), _jpeg(1), _jpeg(2), _jpeg(3), _jpeg(4, size=(120, 100), gray=True)]
+    # identity 2's record holds the empty range (4, 4)
+    root = _write_rec(tmp_path / "rec", labels, payloads, identities=[(1, 3), (3, 4), (4, 4), (4, 6)])
+    stats = S.measure(str(root))
+    assert (stats["identities"], stats["images"], stats["classes"]) == (3, 5, 4)
+    assert stats["label_anomalies"]["gaps"] == ["2"] and stats["label_anomalies"]["empty_classes"] == ["2"]
+    assert stats["duplicates"]["within_identity_groups"] == 1 and stats["duplicates"]["across_identity_groups"] == 0
+    assert stats["image_sizes"] == {"112x112": 4, "120x100": 1} and stats["channels"] == {"3": 4, "1": 1}
+    assert stats["duplicates"]["examples"][0]["samples"] == [f"{root / 'train.rec'} key 1",
+                                                             f"{root / 'train.rec'} key 2"]
+    plain = _write_rec(tmp_path / "plain", [1, 1, 4], payloads[:3])          # no header: labels 0, 2, 3 missing
+    anomalies = S.measure(str(plain))["label_anomalies"]
+    assert anomalies["gaps"] == ["0", "2", "3"] and anomalies["empty_classes"] == []
+
+
+@pytest.mark.parametrize("encode, shape", [
+    (lambda img: cv2.imencode(".jpg", img)[1], (37, 53, 3)),
+    (lambda img: cv2.imencode(".jpg", img[..., 0])[1], (37, 53, 1)),
+    (lambda img: cv2.imencode(".png", np.dstack([img, img[..., :1]]))[1], (37, 53, 4)),
+    (lambda img: cv2.imencode(".bmp", img)[1], (37, 53, 3)),
+])
+def test_image_header_matches_the_decoded_image(encode, shape):
+    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    height, width, channels, _ = S.image_header(encode(img).tobytes())
+    assert (height, width, channels) == shape
+    assert S.image_header(b"not an image")[3] == "unreadable"
+
+
+def test_cli_writes_json_png_and_a_summary_row_per_set(planted_folder, tmp_path, capsys):
+    other = _write_rec(tmp_path / "other", [0, 1, 1], [_jpeg(1), _jpeg(2), _jpeg(3)])
+    out = tmp_path / "out"
+    assert S.main([str(planted_folder), str(other), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    rows = ["| planted | 4 | 10 | 1 / 2.5 / 4 | 1 | 1 | 1 / 1 |", "| other | 2 | 3 | 1 / 1.5 / 2 | 0 | 0 | 0 / 0 |"]
+    assert all(row in printed.splitlines() for row in rows)
+    assert (out / "summary.md").read_text().splitlines()[2:] == rows
+    assert json.loads((out / "planted" / "stats.json").read_text())["images"] == 10
+    assert (out / "other" / "histograms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.rglob(".*tmp*"))
+    # earlier results join the table without measuring again
+    assert S.main([str(out / "planted" / "stats.json"), "--out", str(tmp_path / "again")]) == 0
+    assert rows[0] in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    assert S.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no images found" in err and str(tmp_path / "empty") in err
+    assert S.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(DataError, match="synthetic"):
+        S.TrainingSet("synthetic")
+    assert not (tmp_path / "o").exists()
