@@ -1,0 +1,99 @@
+"""train_v2.py with the margin heads: exact resume with the head's state, head change refused, AdaFace demo."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_v2
+from tests.conftest import REPO
+from tests.test_train import ACC_RE, LOSS_RE, assert_same_weights, run_main, stop_at_step, tiny_data, write_config  # noqa: F401
+from utils.demo_data import make_demo_dataset
+from utils.errors import ConfigError
+from utils.utils_config import get_config
+
+
+def _checkpoint(output: Path) -> dict:
+    return torch.load(output / "checkpoint_gpu_0.pt", map_location="cpu", weights_only=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("margin, state_key", [("adaface", "margin_softmax.batch_std"),
+                                               ("elasticface_arc", "margin_softmax._extra_state")])
+def test_resume_restores_the_head_state(tmp_path, tiny_data, monkeypatch, margin, state_key):
+    """Stopped mid-epoch and resumed = uninterrupted: weights and the head's running state."""
+    keys = dict(margin=margin, margin_params={"std": 0.1} if margin.startswith("elastic") else {})
+    full = write_config(tmp_path / "full.py", tiny_data, tmp_path / "full", **keys)
+    run_main(full)
+    cut = write_config(tmp_path / "cut.py", tiny_data, tmp_path / "cut", **keys)
+    with monkeypatch.context() as patch:
+        stop_at_step(patch, 6)
+        with pytest.raises(train_v2.TrainingStopped, match="global step 6"):
+            run_main(cut)
+    stopped = _checkpoint(tmp_path / "cut")["state_dict_softmax_fc"]
+    assert state_key in stopped
+    run_main(cut, "resume=true")
+    assert_same_weights(tmp_path / "full" / "model.pt", tmp_path / "cut" / "model.pt")
+    heads = [_checkpoint(tmp_path / name)["state_dict_softmax_fc"] for name in ("full", "cut")]
+    if margin == "adaface":
+        assert heads[0]["margin_softmax.batch_mean"].item() != 20.0, "the statistics must have moved"
+        assert heads[0]["margin_softmax.batch_mean"].item() == heads[1]["margin_softmax.batch_mean"].item()
+        assert heads[0][state_key].item() == heads[1][state_key].item()
+    else:
+        assert torch.equal(heads[0][state_key]["state"], heads[1][state_key]["state"])
+        assert not torch.equal(stopped[state_key]["state"], heads[1][state_key]["state"])
+
+
+@pytest.mark.slow
+def test_a_head_change_on_resume_is_refused_and_old_checkpoints_still_load(tmp_path, tiny_data):
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", num_epoch=1, margin="adaface")
+    run_main(config)
+    with pytest.raises(ConfigError, match="margin: checkpoint 'adaface' vs config 'combined'"):
+        run_main(config, "resume=true", "margin=combined")
+    # a checkpoint of the combined head written before the key existed (no 'margin' in its fingerprint,
+    # a softmax-fc state with only `weight`) still resumes
+    plain = write_config(tmp_path / "p.py", tiny_data, tmp_path / "plain", num_epoch=1)
+    run_main(plain)
+    state = _checkpoint(tmp_path / "plain")
+    del state["fingerprint"]["margin"]
+    assert list(state["state_dict_softmax_fc"]) == ["weight"]
+    torch.save(state, tmp_path / "plain" / "checkpoint_gpu_0.pt")
+    run_main(plain, "resume=true", "num_epoch=2")
+    assert _checkpoint(tmp_path / "plain")["global_step"] == 8
+
+
+@pytest.mark.parametrize("name", ["dcface_adaface_irse50", "cemiface_adaface_irse50", "demo_adaface"])
+def test_recipes_load(name):
+    cfg = get_config(str(REPO / "configs" / f"{name}.py"))
+    assert cfg.margin == "adaface"
+    if name != "demo_adaface":
+        assert dict(cfg.margin_params) == {"m": 0.4, "h": 0.333, "t_alpha": 0.01}
+        assert (cfg.network, cfg.lr, cfg.num_epoch, tuple(cfg.lr_steps)) == ("ir_se50", 0.1, 26, (12, 20, 24))
+        assert cfg.margin_scale == 64.0
+
+
+@pytest.mark.slow
+def test_adaface_demo_learns(tmp_path):
+    """A shortened configs/demo_adaface.py: verification accuracy rises well above chance, loss falls."""
+    data = tmp_path / "data"
+    make_demo_dataset(str(data), num_ids=40, images_per_id=16, num_val_ids=30, num_pairs=200, seed=3)
+    demo = get_config(str(REPO / "configs" / "demo_adaface.py"))
+    config = write_config(tmp_path / "demo.py", data, tmp_path / "out", embedding_size=128, batch_size=32,
+                          num_epoch=6, warmup_epoch=1, frequent=5, verbose=20, lr=demo.lr, margin=demo.margin,
+                          margin_params=dict(demo.margin_params))
+    result = subprocess.run([sys.executable, "train_v2.py", str(config)], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "out" / "training.log").read_text()
+    assert "margin                    adaface" in log or ": margin" in log
+    accs = [float(a) for _, a in ACC_RE.findall(log)]
+    losses = [float(x) for x in LOSS_RE.findall(log)]
+    assert len(accs) >= 3 and len(losses) >= 4, log[-2000:]
+    assert max(accs) >= 0.75, accs
+    assert max(accs) - accs[0] >= 0.1, accs
+    assert min(losses[-2:]) < losses[0] - 3.0, losses
+    batch_mean = _checkpoint(tmp_path / "out")["state_dict_softmax_fc"]["margin_softmax.batch_mean"].item()
+    assert batch_mean != 20.0
