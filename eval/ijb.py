@@ -178,7 +178,7 @@ def parse_int_table(data: bytes, ncols: int, path: Path | str, first_line: int =
     for k in range(int(lengths.max()) if lengths.size else 0):      # Horner, one digit column at a time
         more = np.flatnonzero(lengths > k)
         values[more] = values[more] * 10 + (b[starts[more] + k] - 48)
-    line_of = np.cumsum(b == 10)[starts] if starts.size else starts
+    line_of = np.searchsorted(np.flatnonzero(b == 10), starts)        # newlines before each number
     per_line = np.bincount(line_of)
     wrong = (per_line > 0) & (per_line != ncols)
     if wrong.any():
@@ -356,7 +356,8 @@ def embed_release(release: Release, backbone: torch.nn.Module, batch_size: int =
     check_bad_budget(bad_rows, bad_reasons, n, max_bad, release.names)
     dataset = AlignedCropBatches(release.crop_paths(), similarity_matrices(release.landmarks), batch_size, skip)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
+                                         prefetch_factor=4 if workers else None,
+                                         pin_memory=torch.device(device).type == "cuda")
     batches = loader
     if progress:
         from tqdm import tqdm
@@ -373,9 +374,9 @@ def embed_release(release: Release, backbone: torch.nn.Module, batch_size: int =
                         bad_rows.append(row)
                         bad_reasons.append(why)
                         check_bad_budget(bad_rows, bad_reasons, n, max_bad, release.names)
+                both = normalize(torch.cat([crops, crops.flip(-1)]).to(device, non_blocking=True))
                 t_model = time.perf_counter()
-                both = torch.cat([crops, crops.flip(-1)]).to(device, non_blocking=True)
-                out = backbone(normalize(both)).float().cpu().numpy()
+                out = backbone(both).float().cpu().numpy()
                 model_seconds += time.perf_counter() - t_model
                 if features is None:
                     features = np.empty((n, 2 * out.shape[1]), np.float32)
@@ -503,37 +504,48 @@ def template_index(unique_templates: np.ndarray, ids: np.ndarray, what: str = "p
     return idx
 
 
+def _compact(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values of ``idx``, position of each entry among them): np.unique in O(n + size)."""
+    present = np.zeros(size, bool)
+    present[idx] = True
+    rank = np.cumsum(present) - 1
+    return np.flatnonzero(present), rank[idx]
+
+
 def pair_scores(tfeats: np.ndarray, idx1: np.ndarray, idx2: np.ndarray, block: int = 256,
                 max_columns: int = 8192, dense: float = 0.05) -> np.ndarray:
     """Cosine score of every pair (rows ``idx1``/``idx2`` of normalised ``tfeats``), float64, pair order.
 
-    Pairs are grouped by blocks of first templates; a block whose pairs fill at least ``dense`` of
-    its block x second-template grid is scored by one matrix product (BLAS), sparser ones by row
-    dot products. Memory stays within block x max_columns doubles plus the chunk of gathered rows.
+    Pairs are grouped by blocks of ``block`` distinct first templates; a block whose pairs fill at
+    least ``dense`` of its first x second template grid is scored by matrix products (BLAS),
+    sparser ones by row dot products. Memory: block x max_columns doubles plus 8192-pair chunks.
     """
     scores = np.empty(idx1.size, np.float64)
-    block_of = (idx1 // block).astype(np.uint32 if tfeats.shape[0] // block >= 65535 else np.uint16)
+    if idx1.size == 0:
+        return scores
+    firsts, pos1 = _compact(idx1, tfeats.shape[0])
+    block_of = (pos1 // block).astype(np.uint16 if firsts.size // block < 65535 else np.uint32)
     order = np.argsort(block_of, kind="stable")          # radix sort for 16-bit keys
-    bounds = np.searchsorted(block_of[order], np.arange(block_of.max() + 2 if idx1.size else 1))
+    bounds = np.searchsorted(block_of[order], np.arange(int(block_of.max()) + 2))
     for b in range(bounds.size - 1):
         sel = order[bounds[b]:bounds[b + 1]]
-        if sel.size:
-            scores[sel] = _block_scores(tfeats, b * block, idx1[sel], idx2[sel], block, max_columns, dense)
+        rows = tfeats[firsts[b * block:(b + 1) * block]]
+        scores[sel] = _block_scores(tfeats, rows, pos1[sel] - b * block, idx2[sel], max_columns, dense)
     return scores
 
 
-def _block_scores(tfeats, row0, i1, i2, block, max_columns, dense):
-    cols, inverse = np.unique(i2, return_inverse=True)
-    rows = tfeats[row0:row0 + block]
-    if i1.size < dense * rows.shape[0] * cols.size:
-        out = np.empty(i1.size)
-        for a in range(0, i1.size, 8192):
-            out[a:a + 8192] = np.einsum("ij,ij->i", tfeats[i1[a:a + 8192]], tfeats[i2[a:a + 8192]])
+def _block_scores(tfeats, rows, local, i2, max_columns, dense):
+    cols, inverse = _compact(i2, tfeats.shape[0])
+    out = np.empty(i2.size)
+    if i2.size < dense * rows.shape[0] * cols.size:
+        for a in range(0, i2.size, 8192):
+            out[a:a + 8192] = np.einsum("ij,ij->i", rows[local[a:a + 8192]], tfeats[i2[a:a + 8192]])
         return out
-    out = np.empty(i1.size)
-    local = i1 - row0
     for c in range(0, cols.size, max_columns):
         gram = rows @ tfeats[cols[c:c + max_columns]].T
+        if cols.size <= max_columns:
+            out[:] = gram[local, inverse]
+            break
         here = (inverse >= c) & (inverse < c + max_columns)
         out[here] = gram[local[here], inverse[here] - c]
     return out
@@ -602,12 +614,17 @@ class Verification:
     unique_templates: np.ndarray = field(repr=False, default=None)
 
 
+def usable_rows(features: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Rows without NaN (NaN rows stand for crops that could not be read)."""
+    return np.concatenate([~np.isnan(features[a:a + chunk]).any(axis=1) for a in range(0, len(features), chunk)])
+
+
 def verify(release: Release, features: np.ndarray, switches: Switches) -> Verification:
     """Pool ``features`` (N, 2D) into templates with ``switches`` and score every pair."""
     from sklearn.metrics import auc
-    usable = ~np.isnan(features).any(axis=1)
+    usable = usable_rows(features)
     feats = image_features(features, release.faceness, switches)
-    tfeats, unique = template_features(feats, release.templates, release.medias, usable if not usable.all() else None)
+    tfeats, unique = template_features(feats, release.templates, release.medias, None if usable.all() else usable)
     scores = pair_scores(tfeats, template_index(unique, release.pair_t1), template_index(unique, release.pair_t2))
     fpr, tpr, _ = roc_curve(release.labels, scores)
     return Verification(switches, scores, fpr, tpr, tar_at_far(fpr, tpr), float(auc(fpr, tpr)), tfeats, unique)
@@ -861,8 +878,8 @@ def check_onnx_model(path: str) -> None:
         raise IJBDataError(f"--onnx {path}: input {inputs[0].name!r} is {shown} "
                            f"({onnx.TensorProto.DataType.Name(dtype).lower()}); this evaluator feeds float32 "
                            f"N x 3 x {IMAGE_SIZE} x {IMAGE_SIZE} normalised crops: export with torch2onnx.py")
-    out_dims = inputs and graph.output[0].type.tensor_type.shape.dim
-    if out_dims and len(out_dims) != 2:
+    out_dims = graph.output[0].type.tensor_type.shape.dim
+    if len(out_dims) not in (0, 2):             # 0: shape not recorded in the graph
         raise IJBDataError(f"--onnx {path}: output {graph.output[0].name!r} has {len(out_dims)} dimensions; "
                            "expected N x D embeddings")
 
@@ -972,7 +989,7 @@ def run(args: argparse.Namespace) -> dict:
     timings = {}
     if args.features:
         features = _load_features(args.features, n)
-        bad_rows = [int(r) for r in np.flatnonzero(np.isnan(features).any(axis=1))]
+        bad_rows = [int(r) for r in np.flatnonzero(~usable_rows(features))]
         bad_reasons = ["in features file"] * len(bad_rows)
     else:
         skip = missing_crops(release)
@@ -1082,9 +1099,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.model and not args.network:
         parser.error("--model needs --network (the backbone it was trained with, e.g. r50; not 'iresnet50')")
-    for name in ("batch_size",):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
     if args.workers < 0 or args.max_bad < 0:
         parser.error("--workers and --max-bad must be >= 0")
     return args

@@ -530,3 +530,14 @@ def test_failed_write_leaves_nothing(release_dir, reference, tmp_path, monkeypat
     with pytest.raises(OSError):
         ijb.main(["--features", str(tmp_path / "f.npy"), "--image-path", str(release_dir), "--result-dir", str(out)])
     assert not out.exists()
+
+
+def test_ijbb_layout_same_code(tmp_path):
+    root = ijb.write_synthetic_release(tmp_path, "IJBB", subjects=4, templates_per_subject=2, seed=3).root
+    assert (root / "meta" / "ijbb_face_tid_mid.txt").is_file() and root.name == "IJBB"
+    release = ijb.read_release(tmp_path, "IJBB")                 # the release root: uses its IJBB folder
+    assert release.root == root and release.target == "IJBB"
+    v = ijb.verify(release, ijb.embed_release(release, TinyNet(dim=40).eval(), 3).features, ijb.Switches())
+    result = ijb.identification(release, v.template_feats, v.unique_templates)
+    assert set(result["galleries"]) == {"S1", "S2"}
+    assert all(g["mated_probes"] == 2 and g["nonmated_probes"] == 2 for g in result["galleries"].values())
