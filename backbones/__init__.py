@@ -32,6 +32,8 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "r100": {"family": "iresnet", "layers": (3, 13, 30, 3)},
     "r200": {"family": "iresnet", "layers": (6, 26, 60, 6)},
     "ir_se50": {"family": "iresnet", "layers": (3, 4, 14, 3), "se_reduction": 16},
+    # not in the original: SOTA-FR's iresnet 50 "se" (Vec2Face's network), SE on the stage shortcuts
+    "ir_se50_sotafr": {"family": "iresnet", "layers": (3, 4, 14, 3), "shortcut_se": 16, "dropout": 0.4},
     "LResNet50E_IR": {"family": "lresnet", "layers": (3, 4, 14, 3), "dropout": 0.5},
     "mbf": {"family": "mbf", "blocks": (1, 4, 6, 2), "scale": 2},
     "mbf_large": {"family": "mbf", "blocks": (2, 8, 12, 4), "scale": 4},
@@ -68,7 +70,8 @@ def get_model(name: str, *, dropout: float | None = None, fp16: bool = False, nu
               amp_dtype: torch.dtype | str | None = None) -> nn.Module:
     """Build backbone `name` (see MODEL_NAMES) with upstream's hyper-parameters.
 
-    dropout: before the FC of iresnet (default 0.0) and LResNet50E_IR (default 0.5, the fork's);
+    dropout: before the FC of iresnet (default 0.0; 0.4 for ir_se50_sotafr, as SOTA-FR) and LResNet50E_IR
+        (default 0.5, the fork's);
         None keeps the network's default. mbf and ViT have no such dropout (only None/0 accepted).
     fp16: autocast the regions upstream autocasts; dtype `amp_dtype` (a torch dtype or "float16" /
         "bfloat16"), default float16 on CUDA and bfloat16 on CPU (chosen from the input's device
@@ -96,8 +99,9 @@ def get_model(name: str, *, dropout: float | None = None, fp16: bool = False, nu
     checkpointing = default_checkpointing if gradient_checkpointing is None else bool(gradient_checkpointing)
     common = {"fp16": fp16, "num_features": num_features, "amp_dtype": amp_dtype}
     if family == "iresnet":
-        return IResNet(cfg["layers"], dropout=0.0 if dropout is None else dropout,
-                       gradient_checkpointing=checkpointing, se_reduction=cfg.get("se_reduction", 0), **common)
+        return IResNet(cfg["layers"], dropout=cfg.get("dropout", 0.0) if dropout is None else dropout,
+                       gradient_checkpointing=checkpointing, se_reduction=cfg.get("se_reduction", 0),
+                       shortcut_se=cfg.get("shortcut_se", 0), **common)
     if family == "lresnet":
         return LResNet(cfg["layers"], dropout=cfg["dropout"] if dropout is None else dropout,
                        gradient_checkpointing=checkpointing, **common)

@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["IResNet", "IBasicBlock", "SEModule", "iresnet18", "iresnet34", "iresnet50",
-           "iresnet100", "iresnet200", "iresnet_se50", "amp_context", "checkpoint_call",
+           "iresnet100", "iresnet200", "iresnet_se50", "iresnet_se50_sotafr", "amp_context", "checkpoint_call",
            "checkpoint_plan", "run_blocks", "run_stages"]
 
 
@@ -155,7 +155,7 @@ class IBasicBlock(nn.Module):
     """bn1 -> conv1 -> bn2 -> prelu -> conv2 (stride) -> bn3 [-> se], plus the (downsampled) input."""
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, se_reduction: int = 0):
+                 downsample: nn.Module | None = None, se_reduction: int = 0, shortcut_se: int = 0):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-05)
         self.conv1 = conv3x3(inplanes, planes)
@@ -165,12 +165,17 @@ class IBasicBlock(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes, eps=1e-05)
         self.se = SEModule(planes, se_reduction) if se_reduction else None
         self.downsample = downsample
+        # SOTA-FR's "se" mode: an SE gate on the (downsampled) shortcut, named `attn` as there
+        self.attn = SEModule(planes, shortcut_se) if shortcut_se else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
         if self.se is not None:
             out = self.se(out)
-        out += x if self.downsample is None else self.downsample(x)
+        identity = x if self.downsample is None else self.downsample(x)
+        if self.attn is not None:
+            identity = self.attn(identity)
+        out += identity
         return out
 
 
@@ -186,18 +191,21 @@ class IResNet(nn.Module):
     statistics are updated once per step, not twice as with upstream's reentrant variant
     (`checkpoint_call`).
     se_reduction > 0 adds an SEModule (that channel reduction) after bn3 of every block (ir_se50).
+    shortcut_se > 0 adds one on the downsampled shortcut of the first block of each stage
+    (ir_se50_sotafr, the network SOTA-FR's `iresnet("50", mode="se")` builds).
     """
 
     fc_scale = 7 * 7
 
     def __init__(self, layers: Sequence[int], dropout: float = 0.0, num_features: int = 512,
                  fp16: bool = False, gradient_checkpointing: bool = False,
-                 amp_dtype: torch.dtype | None = None, se_reduction: int = 0):
+                 amp_dtype: torch.dtype | None = None, se_reduction: int = 0, shortcut_se: int = 0):
         super().__init__()
         self.fp16 = fp16
         self.amp_dtype = amp_dtype
         self.gradient_checkpointing = gradient_checkpointing
         self.se_reduction = se_reduction
+        self.shortcut_se = shortcut_se
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes, eps=1e-05)
@@ -223,7 +231,7 @@ class IResNet(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int = 2) -> nn.Sequential:
         downsample = nn.Sequential(conv1x1(self.inplanes, planes, stride),
                                    nn.BatchNorm2d(planes, eps=1e-05))
-        layers = [IBasicBlock(self.inplanes, planes, stride, downsample, self.se_reduction)]
+        layers = [IBasicBlock(self.inplanes, planes, stride, downsample, self.se_reduction, self.shortcut_se)]
         self.inplanes = planes
         layers += [IBasicBlock(planes, planes, se_reduction=self.se_reduction) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
@@ -274,3 +282,14 @@ def iresnet_se50(se_reduction: int = 16, **kwargs) -> IResNet:
     r50's plus `layerN.M.se.fc1.weight` / `se.fc2.weight` (222,720 parameters more).
     """
     return IResNet([3, 4, 14, 3], se_reduction=se_reduction, **kwargs)
+
+
+def iresnet_se50_sotafr(dropout: float = 0.4, **kwargs) -> IResNet:
+    """The IR-SE-50 of SOTA-Face-Recognition-Train-and-Test (Vec2Face's trainer), module for module.
+
+    Its `iresnet("50", mode="se")`: r50 plus one SE module (reduction 16) gating the downsampled
+    shortcut of the first block of each stage (the other blocks have none), dropout 0.4 before the
+    FC; every conv, the SE ones included, initialised Normal(0, 0.1). State_dict keys are r50's plus
+    `layerN.0.attn.fc1.weight` / `attn.fc2.weight` as in that code (43,520 parameters more).
+    """
+    return IResNet([3, 4, 14, 3], dropout=dropout, shortcut_se=16, **kwargs)

@@ -18,13 +18,15 @@ from easydict import EasyDict as edict
 # - That code applies the LR drop at the start of 0-based epoch e when e + 1 is in reduce_lr, i.e.
 #   after 11, 19 and 23 finished epochs; lr_steps here counts finished epochs: (12, 20, 24) drops
 #   one epoch later. Use --set lr_steps=11,19,23 to follow that code to the epoch.
-# - Its iResNet "se" mode puts one SE module (reduction 16) on the shortcut of the first block of
-#   each stage, has dropout 0.4 before the FC, and its SGD groups exclude BatchNorm parameters
-#   from weight decay; ir_se50 here is this toolkit's backbone (see backbones/iresnet.py).
+# - Its SGD groups exclude BatchNorm parameters from weight decay.
+# The network is that code's, module for module (its model/iresnet.py, `iresnet("50", mode="se")`):
+# ir_se50_sotafr, the iResNet-50 with one SE module (reduction 16) gating the downsampled shortcut
+# of the first block of each stage and dropout 0.4 before the FC. This differs from ir_se50 (an SE
+# module on the residual branch of every block, no dropout), so it has its own name.
 
 config = edict()
 config.margin_list = (1.0, 0.5, 0.0)
-config.network = "ir_se50"
+config.network = "ir_se50_sotafr"  # SOTA-FR's iresnet 50, mode "se"
 config.resume = False
 config.save_all_states = True
 config.output = None  # -> work_dirs/vec2face_irse50

@@ -68,7 +68,7 @@ def test_unknown_name_lists_valid_names():
 def test_registry_names():
     expected = {"r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large", "vit_t", "vit_t_dp005_mask0",
                 "vit_s", "vit_s_dp005_mask_0", "vit_b", "vit_b_dp005_mask_005", "vit_l_dp005_mask_005",
-                "vit_h", "LResNet50E_IR", "ir_se50",
+                "vit_h", "LResNet50E_IR", "ir_se50", "ir_se50_sotafr",
                 "mbf_tiny"}  # not in the original: the CPU demo's small MobileFaceNet
     assert set(MODEL_NAMES) == expected
 

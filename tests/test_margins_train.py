@@ -65,8 +65,14 @@ def test_a_head_change_on_resume_is_refused_and_old_checkpoints_still_load(tmp_p
     assert _checkpoint(tmp_path / "plain")["global_step"] == 8
 
 
+@pytest.fixture
+def no_demo_data(monkeypatch):
+    """Loading configs/demo_adaface.py must not generate the demo data set in work_dirs/."""
+    monkeypatch.setattr("utils.demo_data.make_demo_dataset", lambda *args, **kwargs: None)
+
+
 @pytest.mark.parametrize("name", ["dcface_adaface_irse50", "cemiface_adaface_irse50", "demo_adaface"])
-def test_recipes_load(name):
+def test_recipes_load(name, no_demo_data):
     cfg = get_config(str(REPO / "configs" / f"{name}.py"))
     assert cfg.margin == "adaface"
     if name != "demo_adaface":
@@ -76,7 +82,7 @@ def test_recipes_load(name):
 
 
 @pytest.mark.slow
-def test_adaface_demo_learns(tmp_path):
+def test_adaface_demo_learns(tmp_path, no_demo_data):
     """A shortened configs/demo_adaface.py: verification accuracy rises well above chance, loss falls."""
     data = tmp_path / "data"
     make_demo_dataset(str(data), num_ids=40, images_per_id=16, num_val_ids=30, num_pairs=200, seed=3)
@@ -97,3 +103,33 @@ def test_adaface_demo_learns(tmp_path):
     assert min(losses[-2:]) < losses[0] - 3.0, losses
     batch_mean = _checkpoint(tmp_path / "out")["state_dict_softmax_fc"]["margin_softmax.batch_mean"].item()
     assert batch_mean != 20.0
+
+
+def test_vec2face_network_is_sotafr_iresnet_se_module_for_module():
+    """SOTA-FR's iresnet 50 "se": r50 + an SE gate on the downsampled shortcut of each stage's first block."""
+    import torch.nn.functional as F
+
+    from backbones import get_model
+    from backbones.iresnet import IResNet
+
+    cfg = get_config(str(REPO / "configs" / "vec2face_irse50.py"))
+    with torch.device("meta"):  # structure only: no 43M-parameter initialisation
+        model, r50 = get_model(cfg.network), get_model("r50")
+    r50_keys = set(r50.state_dict())
+    extra = set(model.state_dict()) - r50_keys
+    assert r50_keys <= set(model.state_dict())
+    assert extra == {f"layer{i}.0.attn.fc{j}.weight" for i in (1, 2, 3, 4) for j in (1, 2)}
+    assert model.dropout.p == 0.4
+    assert sum(p.numel() for p in model.parameters()) - 43590848 == 2 * (64 * 4 + 128 * 8 + 256 * 16 + 512 * 32)
+    for stage in model.stages():
+        assert stage[0].attn is not None and stage[0].se is None
+        assert all(block.attn is None and block.se is None for block in stage[1:])
+    block = IResNet([1, 1, 1, 1], shortcut_se=16).eval().layer2[0]  # a real block of the same construction
+    assert block.attn.fc1.weight.shape == (8, 128, 1, 1) and 0.05 < block.attn.fc1.weight.std().item() < 0.15
+    x = torch.randn(2, 64, 14, 14)
+    with torch.no_grad():
+        residual = block.bn3(block.conv2(block.prelu(block.bn2(block.conv1(block.bn1(x))))))
+        shortcut = block.downsample(x)
+        gate = torch.sigmoid(F.conv2d(F.relu(F.conv2d(shortcut.mean((2, 3), keepdim=True), block.attn.fc1.weight)),
+                                      block.attn.fc2.weight))
+        torch.testing.assert_close(block(x), residual + shortcut * gate)
