@@ -338,6 +338,40 @@ def test_single_part_records_take_one_read_and_sparse_indexes_still_work(tmp_pat
             rec.read_idx(3)
 
 
+@pytest.mark.parametrize("path", ["one read", "part by part"])
+def test_a_damaged_length_field_is_an_error_naming_file_and_key(tmp_path, monkeypatch, path):
+    """Every flip of length bits 2..28 of any part (single-part, multi-part, last record) is an
+    error naming the file and key, never a cut or extended payload; bits 0-1 that stay inside
+    the 4-byte padding move the end by at most 3 bytes (the strict image decoder catches a cut JPEG)."""
+    import utils.recordio as recordio_module
+    if path == "part by part":
+        monkeypatch.setattr(recordio_module, "_MAX_EXTENT", 0)
+    payloads = {0: b"\x01" * 301, 1: b"abcd" + MAGIC + b"\x02" * 97, 2: b"\x03" * 202, 3: b"\x04" * 150}
+    with MXIndexedRecordIO(tmp_path / "ok.idx", tmp_path / "ok.rec", "w") as out:
+        for key, payload in payloads.items():
+            out.write_idx(key, pack(IRHeader(0, float(key), key, 0), payload))
+    good = (tmp_path / "ok.rec").read_bytes()
+    parts = _scan_parts(tmp_path / "ok.rec")
+    assert [cflag for _, cflag, _ in parts] == [0, 1, 3, 0, 0]
+    offsets = [int(line.split("\t")[1]) for line in (tmp_path / "ok.idx").read_text().splitlines()]
+    rec_path = tmp_path / "bad.rec"
+    for part_at, _, length in parts:
+        key = max(k for k, off in enumerate(offsets) if off <= part_at)
+        for bit in range(29):
+            damaged = bytearray(good)
+            damaged[part_at + 4:part_at + 8] = struct.pack("<I", struct.unpack_from(
+                "<I", good, part_at + 4)[0] ^ (1 << bit))
+            rec_path.write_bytes(bytes(damaged))
+            with MXIndexedRecordIO(tmp_path / "ok.idx", rec_path, "r") as rec:
+                try:
+                    payload = unpack(rec.read_idx(key))[1]
+                except RecordIOError as err:
+                    assert f"{rec_path}: key {key} at byte {offsets[key]}: " in str(err)
+                    continue
+            assert bit < 2 and (length + 3) // 4 == ((length ^ (1 << bit)) + 3) // 4, (key, bit)
+            assert 0 < abs(len(payload) - len(payloads[key])) <= 3
+
+
 def test_pickled_reader_reads_in_fresh_object(fixtures_dir):
     idx_path, rec_path = _paths(fixtures_dir, "mx_multipart")
     rec = MXIndexedRecordIO(idx_path, rec_path, "r")

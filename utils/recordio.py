@@ -282,12 +282,13 @@ class MXIndexedRecordIO(MXRecordIO):
         """Return the record of key `idx`."""
         self._check_reader()
         offset = self._offset(idx)
-        buf, pos = self._read_in_one(offset)
+        buf, pos = self._read_in_one(offset, idx)
         if buf is None:
             buf, pos = self._read_record(offset, idx)
-        if buf is None:
-            raise self._fail(offset, idx, f"offset is past the end of the file ({self._size} bytes)",
-                             f"{self.idx_path} does not match this .rec; " + _REBUILD)
+            if buf is None:
+                raise self._fail(offset, idx, f"offset is past the end of the file ({self._size} "
+                                 f"bytes)", f"{self.idx_path} does not match this .rec; " + _REBUILD)
+            self._check_end(offset, idx, pos)
         self._pos = pos
         return buf
 
@@ -306,17 +307,20 @@ class MXIndexedRecordIO(MXRecordIO):
         state.update(fidx=None, _offset_keys=None, _extents=None)
         return state
 
-    def _read_in_one(self, offset: int) -> tuple[Optional[bytes], int]:
+    def _read_in_one(self, offset: int, key: Any = None) -> tuple[Optional[bytes], int]:
         """A single-part record in one read, its extent known from the index; (None, 0) otherwise.
 
-        Anything unusual (multi-part, damaged, cut short) returns (None, 0) and is left to
-        ``_read_record``, which reads part by part and names the problem.
+        The part header's length must end the record where another record starts (the next
+        indexed offset, or a magic word) or at the end of the file: a damaged length is an
+        error, never a silently cut or extended payload. Anything else unusual (multi-part,
+        damaged magic, cut short) returns (None, 0) and is left to ``_read_record``, which
+        reads part by part and names the problem.
         """
         fd = self._ensure_fd()
         if self._extents is None:
             self._extents = self._record_extents()
         extent = self._extents.get(offset)
-        if extent is None:
+        if extent is None or not 8 <= extent <= _MAX_EXTENT:
             return None, 0
         try:
             data = os.pread(fd, extent, offset)
@@ -325,16 +329,45 @@ class MXIndexedRecordIO(MXRecordIO):
         if len(data) < extent:
             return None, 0
         magic, word = _PART_HEAD.unpack_from(data)
-        length = word & _LEN_MASK
-        if magic != MAGIC or word >> 29 != 0 or 8 + length > extent:
+        if magic != MAGIC or word >> 29 != 0:
             return None, 0
-        return data[8:8 + length], offset + 8 + ((length + 3) & ~3)
+        length = word & _LEN_MASK
+        size = 8 + ((length + 3) & ~3)
+        if size == extent or data[size:size + 4] == _MAGIC_BYTES:
+            return data[8:8 + length], offset + size
+        if size > extent and offset + extent >= self._size:
+            return None, 0                  # the last record, cut short: _read_record says so
+        if size > extent:
+            problem = f"the next indexed record starts at byte {offset + extent}"
+        else:
+            problem = f"byte {offset + size} holds {data[size:size + 4].hex(' ')}, not a magic word"
+        raise self._bad_length(offset, key, offset + size, problem)
+
+    def _check_end(self, offset: int, key: Any, end: int) -> None:
+        """A record read part by part must end at the next indexed record, a magic word or EOF."""
+        extent = self._extents.get(offset) if self._extents is not None else None
+        following = offset + extent if extent and extent > 0 else None
+        if end == following or not self._fits(self._ensure_fd(), end + 1):
+            return
+        if following is not None and end > following:
+            raise self._bad_length(offset, key, end, f"the next indexed record starts at byte "
+                                   f"{following}")
+        found = self._pread(self._ensure_fd(), 4, end, offset, key)
+        if found != _MAGIC_BYTES:
+            raise self._bad_length(offset, key, end, f"byte {end} holds {found.hex(' ')}, not a "
+                                   f"magic word")
+
+    def _bad_length(self, start: int, key: Any, end: int, problem: str) -> RecordIOError:
+        """The error for a record whose length field does not end it where the next one starts."""
+        return self._fail(start, key, f"the length in its part header ends the record at byte "
+                          f"{end}, but {problem} (a damaged length field)",
+                          "copy the file again or " + _REBUILD)
 
     def _record_extents(self) -> dict:
-        """{offset: bytes up to the next indexed record or the end of the file}, for the one-read path."""
+        """{offset: bytes up to the next indexed record or the end of the file} (<= 0: past EOF)."""
         offsets = sorted(set(self.idx.values()))
-        ends = offsets[1:] + [self._size]
-        return {start: end - start for start, end in zip(offsets, ends) if 8 <= end - start <= _MAX_EXTENT}
+        ends = [min(end, self._size) for end in offsets[1:]] + [self._size]
+        return {start: end - start for start, end in zip(offsets, ends)}
 
     def _offset(self, idx: Any) -> int:
         try:
