@@ -2,7 +2,7 @@
 
     python -m im2rec --list --recursive train <root>    # -> train.lst (one class per sub-folder)
     python -m im2rec train.lst <root>                   # -> train.rec + train.idx beside train.lst
-    python -m im2rec --check train.rec                  # decode every record, report bad keys
+    python -m im2rec --check train.rec                  # list what training would refuse
     python -m im2rec --from-dcface <record_dir> <out>   # DCFace release -> <out>/train.rec/.idx/.lst
     python -m im2rec --from-lmdb <x.lmdb> <out>         # Vec2Face HSFace LMDB -> <out>/train.*
 
@@ -10,7 +10,9 @@ The .lst (sorted walk, `random.seed(100)` shuffle, `index<TAB>label<TAB>path`) a
 (key = .lst index, header flag 0 / label / id = key / id2 = 0, written in .lst order) match
 MXNet's im2rec. `--insightface-header` writes the insightface layout instead (record 0 = header,
 images at keys 1..N grouped by class, one identity record per class, plus a `property` file).
-Outputs are written to temporary files and renamed only when complete.
+Images are decoded as strictly as training decodes them (utils.image): a truncated or undecodable
+image stops packing (listed by path; --skip-bad leaves it out), never re-encoded. Outputs are
+written to temporary files and renamed only when complete.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ class PackResult:
     rec_path: str
     written: list = field(default_factory=list)      # (record key, ListItem) in file order
     skipped: list = field(default_factory=list)      # (path, reason)
+    sizes: dict = field(default_factory=dict)        # (H, W) -> first path of that size
+    odd_sizes: int = 0                               # images training refuses for their size
     num_classes: int = 0
 
 
@@ -187,17 +191,32 @@ def read_list(path: str) -> list:
 def encode_image(root: str, item: ListItem, pass_through: bool = False, color: int = 1,
                  center_crop: bool = False, resize: int = 0, quality: int = 95,
                  encoding: str = ".jpg") -> bytes:
-    """The image bytes to store: the file as is, or cv2.imread -> crop/resize -> cv2.imencode."""
+    """The image bytes to store: the file as is, or decode -> crop/resize -> cv2.imencode."""
+    return load_image(root, item, pass_through, color, center_crop, resize, quality, encoding)[0]
+
+
+def load_image(root: str, item: ListItem, pass_through: bool = False, color: int = 1,
+               center_crop: bool = False, resize: int = 0, quality: int = 95,
+               encoding: str = ".jpg") -> tuple:
+    """(bytes to store, (H, W) of the stored image); a truncated or undecodable file raises.
+
+    The file is decoded as MXNet's im2rec reads it (cv2.imread's flags: --color, EXIF
+    orientation applied), but strictly: OpenCV's grey rows for a cut JPEG are never re-encoded.
+    """
     import cv2
+    from utils.image import imdecode
 
     full = os.path.join(root, item.path)
-    if pass_through:
+    try:
         with open(full, "rb") as f:
-            return f.read()
-    img = cv2.imread(full, color)
-    if img is None:
-        reason = "file not found" if not os.path.exists(full) else "cv2.imread cannot decode it"
-        raise Im2RecError(reason)
+            data = f.read()
+    except FileNotFoundError:
+        raise Im2RecError("file not found") from None
+    except OSError as err:
+        raise Im2RecError(f"cannot read it: {err.strerror}") from None
+    if pass_through:
+        return checked_payload(data)
+    img = imdecode(data, color)
     if center_crop:
         h, w = img.shape[:2]
         margin = abs(h - w) // 2
@@ -206,7 +225,15 @@ def encode_image(root: str, item: ListItem, pass_through: bool = False, color: i
         h, w = img.shape[:2]
         size = (resize, h * resize // w) if h > w else (w * resize // h, resize)
         img = cv2.resize(img, size)
-    return unpack(pack_img(IRHeader(0, 0.0, 0, 0), img, quality=quality, img_fmt=encoding))[1]
+    payload = unpack(pack_img(IRHeader(0, 0.0, 0, 0), img, quality=quality, img_fmt=encoding))[1]
+    return payload, img.shape[:2]
+
+
+def checked_payload(payload: bytes) -> tuple:
+    """(payload, (H, W)) once the training decoder has read it; ImageDecodeError otherwise."""
+    from utils.image import decode_bgr_hwc
+
+    return payload, decode_bgr_hwc(payload).shape[:2]
 
 
 def ordered_map(fn: Callable, inputs: Iterable, num_thread: int = 1) -> Iterator:
@@ -227,12 +254,13 @@ def ordered_map(fn: Callable, inputs: Iterable, num_thread: int = 1) -> Iterator
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _try(load: Callable[[ListItem], bytes]) -> Callable:
+def _try(load: Callable[[ListItem], tuple]) -> Callable:
     def run(item: ListItem):
         try:
-            return item, load(item), ""
-        except Exception as err:  # one bad image is reported and skipped, never fatal
-            return item, None, (str(err) or type(err).__name__)
+            payload, size = load(item)
+            return item, payload, size, ""
+        except Exception as err:  # reported with its path; the caller skips it or refuses all
+            return item, None, None, (str(err) or type(err).__name__)
     return run
 
 
@@ -246,19 +274,17 @@ def _class_of(item: ListItem, where: str) -> int:
     return int(label)
 
 
-def _image_size(payload: bytes) -> tuple:
-    import cv2
-    import numpy as np
-
-    img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
-    return (112, 112) if img is None else img.shape[:2]
-
-
-def write_record(prefix: str, items: Sequence[ListItem], load: Callable[[ListItem], bytes],
+def write_record(prefix: str, items: Sequence[ListItem], load: Callable[[ListItem], tuple],
                  insightface_header: bool = False, pack_label: bool = False, num_thread: int = 1,
-                 desc: str = "") -> PackResult:
-    """Write <prefix>.rec/.idx from `items`; load(item) gives the image bytes. Atomic; skips failures."""
+                 desc: str = "", skip_bad: bool = False) -> PackResult:
+    """Write <prefix>.rec/.idx from `items`; load(item) gives (image bytes, (H, W)). Atomic.
+
+    An image that cannot be loaded is listed with its path; with `skip_bad` it is left out,
+    otherwise nothing is written and an Im2RecError names how many were bad.
+    """
     from tqdm import tqdm
+
+    from utils.image import face_size_problem    # torch: imported only when packing
 
     rec_path, idx_path = prefix + ".rec", prefix + ".idx"
     result = PackResult(rec_path)
@@ -268,30 +294,28 @@ def write_record(prefix: str, items: Sequence[ListItem], load: Callable[[ListIte
     tmp_rec, tmp_idx = _temp_name(rec_path), _temp_name(idx_path)
     writer = MXIndexedRecordIO(tmp_idx, tmp_rec, "w")
     ranges: dict = {}
-    size = None
     try:
         if insightface_header:
             writer.write_idx(0, pack(IRHeader(0, [0.0, 0.0], 0, 0), b""))
         bar = tqdm(ordered_map(_try(load), items, num_thread), total=len(items), unit="img",
                    desc=desc or os.path.basename(rec_path), file=sys.stderr, mininterval=0.5)
-        for item, payload, error in bar:
+        for item, payload, size, error in bar:
             if payload is None:
                 result.skipped.append((item.path, error))
-                bar.write(f"im2rec: skipped {item.path}: {error}", file=sys.stderr)
+                bar.write(f"im2rec: {'skipped' if skip_bad else 'bad image'} {item.path}: {error}",
+                          file=sys.stderr)
                 continue
             key = len(result.written) + 1 if insightface_header else item.index
             label = list(item.labels) if pack_label and len(item.labels) > 1 else item.labels[0]
             writer.write_idx(key, pack(IRHeader(0, label, key, 0), payload))
             result.written.append((key, item))
+            result.sizes.setdefault(tuple(size), item.path)
+            result.odd_sizes += face_size_problem(size) is not None
             if insightface_header:
                 start, _ = ranges.get(int(item.labels[0]), (key, key))
                 ranges[int(item.labels[0])] = (start, key + 1)
-                size = size or _image_size(payload)
         bar.close()
-        if not result.written:
-            raise Im2RecError(f"none of the {len(items)} images could be read, nothing written to "
-                              f"{rec_path}; check that the image root is the folder the paths are "
-                              "relative to")
+        _refuse_bad(result, len(items), skip_bad)
         if insightface_header:
             _write_identities(writer, ranges, len(result.written), result.num_classes)
         writer.close()
@@ -305,10 +329,22 @@ def write_record(prefix: str, items: Sequence[ListItem], load: Callable[[ListIte
         _remove(tmp_idx)
         raise
     if insightface_header:
-        h, w = size
+        h, w = next(iter(result.sizes))
         _write_text(os.path.join(os.path.dirname(rec_path), "property"),
                     [f"{result.num_classes},{h},{w}\n"])
     return result
+
+
+def _refuse_bad(result: PackResult, total: int, skip_bad: bool) -> None:
+    """Raise when nothing could be packed, or when images were bad and --skip-bad is not set."""
+    if not result.written:
+        raise Im2RecError(f"none of the {total} images could be read, nothing written to "
+                          f"{result.rec_path}; check that the image root is the folder the paths "
+                          "are relative to")
+    if result.skipped and not skip_bad:
+        raise Im2RecError(f"{len(result.skipped)} of {total} images are missing, truncated or "
+                          f"undecodable (listed above), nothing written to {result.rec_path}; "
+                          "replace or remove them, or pass --skip-bad to leave them out")
 
 
 def _write_identities(writer: MXIndexedRecordIO, ranges: dict, num_images: int,
@@ -352,47 +388,48 @@ def _rec_paths(arg: str) -> tuple:
 
 
 def _decode_check(job: tuple) -> tuple:
-    from utils.image import decode_rgb_chw
+    """What training would refuse in one record: the decode, the image size, a negative label."""
+    from utils.image import decode_bgr_hwc, face_size_problem
 
-    key, offset, payload, error = job
+    key, offset, header, payload, error = job
     if not error and payload is not None:
         try:
-            decode_rgb_chw(payload)
+            error = face_size_problem(decode_bgr_hwc(payload).shape) or ""
         except DataError as err:
             error = str(err)
+        label = int(header.label if header.flag == 0 else header.label[0])
+        if not error and label < 0:
+            error = f"label {label} is negative: training takes class indices 0..num_classes-1"
     return key, offset, error
 
 
-def _indexed_jobs(rec_path: str, idx_path: str) -> Iterator:
-    """(key, offset, payload or None for a meta record, error) for every key of the .idx."""
-    reader = MXIndexedRecordIO(idx_path, rec_path, "r")
-    images = None
-    if 0 in reader.idx:
+def _indexed_jobs(reader: MXIndexedRecordIO, keys: list) -> Iterator:
+    """(key, offset, IRHeader, payload, error) for each image key, as the training loader reads it."""
+    for key in keys:
+        offset = reader.idx[key]
         try:
-            header, _ = unpack(reader.read_idx(0))
-            if header.flag > 0:
-                images = range(1, int(header.label[0]))
-        except RecordIOError:
-            pass
+            header, payload = unpack(reader.read_idx(key))
+        except RecordIOError as err:
+            yield key, offset, None, None, str(err)
+        else:
+            yield key, offset, header, payload, ""
+
+
+def _image_keys(reader: MXIndexedRecordIO) -> tuple:
+    """(image keys, problem with record 0 or ""): the layout training reads (read_layout)."""
+    from utils.data_check import read_layout
+
     try:
-        for key in reader.keys:
-            offset = reader.idx[key]
-            try:
-                header, payload = unpack(reader.read_idx(key))
-            except RecordIOError as err:
-                yield key, offset, None, str(err)
-                continue
-            meta = images is not None and key not in images
-            if not meta and not payload:
-                yield key, offset, None, "empty image payload"
-            else:
-                yield key, offset, None if meta else payload, ""
-    finally:
-        reader.close()
+        return read_layout(reader)[0], ""
+    except RecordIOError as err:        # record 0 unreadable: report it, check every other key
+        return [key for key in reader.keys if key != 0], str(err)
 
 
 def _sequential_jobs(rec_path: str) -> Iterator:
-    """Jobs for a .rec without .idx, in file order; stops at the first unreadable framing."""
+    """Jobs for a .rec without .idx, in file order; stops at the first unreadable framing.
+
+    Records with an empty payload (the insightface header and identity records) are skipped.
+    """
     reader = MXRecordIO(rec_path, "r")
     try:
         n = 0
@@ -401,52 +438,77 @@ def _sequential_jobs(rec_path: str) -> Iterator:
             try:
                 buf = reader.read()
             except RecordIOError as err:
-                yield f"#{n}", offset, None, str(err)
+                yield f"#{n}", offset, None, None, str(err)
                 return
             if buf is None:
                 return
             try:
-                payload = unpack(buf)[1]
+                header, payload = unpack(buf)
             except RecordIOError as err:
-                yield f"#{n}", offset, None, str(err)
+                yield f"#{n}", offset, None, None, str(err)
             else:
-                yield f"#{n}", offset, payload if payload else None, ""
+                yield f"#{n}", offset, header, payload if payload else None, ""
             n += 1
     finally:
         reader.close()
 
 
 def check_record(path: str, num_thread: int = 1) -> tuple:
-    """Decode every record of a .rec; returns (records checked, [(key, byte offset, reason)])."""
+    """Read every image record as training does; returns (records checked, [(key, byte offset, reason)]).
+
+    A record is bad when training would refuse it: unreadable framing, an image the training
+    decoder refuses (truncated, undecodable), a size other than 112x112, a negative label.
+    """
+    rec_path, idx_path = _rec_paths(path)
+    if not os.path.isfile(idx_path):
+        print(f"im2rec: warning: {idx_path} not found (training needs it: rebuild with python -m "
+              f"im2rec <prefix>.lst <image root>); reading {rec_path} sequentially", file=sys.stderr)
+        return _check_jobs(_sequential_jobs(rec_path), None, rec_path, num_thread, [])
+    reader = MXIndexedRecordIO(idx_path, rec_path, "r")
+    try:
+        keys, problem = _image_keys(reader)
+        bad = [(0, reader.idx[0], problem)] if problem else []
+        if problem:
+            print(f"im2rec: bad record: key 0 at byte {reader.idx[0]}: {problem}", file=sys.stderr)
+        return _check_jobs(_indexed_jobs(reader, keys), len(keys), rec_path, num_thread, bad)
+    finally:
+        reader.close()
+
+
+def _check_jobs(jobs: Iterator, total: Optional[int], rec_path: str, num_thread: int,
+                bad: list) -> tuple:
+    """Run _decode_check over the jobs with a progress bar counting records; (count, bad)."""
     from tqdm import tqdm
 
-    rec_path, idx_path = _rec_paths(path)
-    if os.path.isfile(idx_path):
-        jobs = _indexed_jobs(rec_path, idx_path)
-    else:
-        print(f"im2rec: {idx_path} not found: reading {rec_path} sequentially", file=sys.stderr)
-        jobs = _sequential_jobs(rec_path)
-    bad = []
+    import utils.image  # noqa: F401  (torch loads here, before the progress bar starts)
+
     count = 0
-    bar = tqdm(ordered_map(_decode_check, jobs, num_thread), unit="rec", file=sys.stderr,
-               desc=f"check {os.path.basename(rec_path)}", mininterval=0.5)
-    for key, offset, error in bar:
-        count += 1
-        if error:
-            bad.append((key, offset, error))
-            bar.write(f"im2rec: bad record: key {key} at byte {offset}: {error}", file=sys.stderr)
-    bar.close()
+    bar = tqdm(ordered_map(_decode_check, jobs, num_thread), total=total, unit="rec",
+               file=sys.stderr, desc=f"check {os.path.basename(rec_path)}", mininterval=0.5)
+    try:
+        for key, offset, error in bar:
+            count += 1
+            if error:
+                bad.append((key, offset, error))
+                bar.write(f"im2rec: bad record: key {key} at byte {offset}: {error}", file=sys.stderr)
+    finally:
+        bar.close()
     return count, bad
 
 
 # ---------------------------------------------------------------- converters
 
 def convert(source, out_dir: str, insightface_header: bool = False) -> PackResult:
-    """Write <out_dir>/train.rec/.idx/.lst from a utils.converters source, copying payload bytes."""
+    """Write <out_dir>/train.rec/.idx/.lst from a utils.converters source, copying payload bytes.
+
+    Every payload is read by the training decoder first: a damaged one is listed and left out
+    (a release is converted as far as it can be).
+    """
     os.makedirs(out_dir, exist_ok=True)
     items = [ListItem(e.key, e.path, (float(e.label),)) for e in source.entries]
-    result = write_record(os.path.join(out_dir, "train"), items, lambda it: source.payload(it.index),
-                          insightface_header=insightface_header)
+    result = write_record(os.path.join(out_dir, "train"), items,
+                          lambda it: checked_payload(source.payload(it.index)),
+                          insightface_header=insightface_header, skip_bad=True)
     write_list(os.path.join(out_dir, "train.lst"),
                (item._replace(index=key) for key, item in result.written))
     result.num_classes = source.num_classes
@@ -466,7 +528,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "output folder")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--list", action="store_true", help="create <prefix>.lst by walking root")
-    mode.add_argument("--check", action="store_true", help="decode every record of a .rec")
+    mode.add_argument("--check", action="store_true",
+                      help="read every image record of a .rec as training does and list the ones "
+                           "it would refuse (framing, decode, size, label)")
     mode.add_argument("--from-dcface", action="store_true",
                       help="convert DCFace's release folder (file.rec, file.idx, list.txt)")
     mode.add_argument("--from-lmdb", action="store_true",
@@ -495,6 +559,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="1: colour, 0: grayscale, -1: as is (with alpha)")
     rgroup.add_argument("--encoding", type=str, default=".jpg", choices=[".jpg", ".png"],
                         help="encoding of the stored images")
+    rgroup.add_argument("--skip-bad", action="store_true",
+                        help="leave out images that are missing, truncated or undecodable (listed "
+                             "by path); without it they stop packing and nothing is written")
     rgroup.add_argument("--pack-label", action="store_true",
                         help="store all label columns of the .lst as a label array")
     rgroup.add_argument("--insightface-header", action="store_true",
@@ -517,6 +584,21 @@ def _summary(result: PackResult, total: int) -> None:
     if result.skipped:
         _print(f"{len(result.skipped)} of {total} images could not be read and were skipped "
                "(listed above)")
+    if result.odd_sizes:
+        print(f"im2rec: warning: {_size_warning(result)}", file=sys.stderr)
+
+
+def _size_warning(result: PackResult) -> str:
+    """One line: how many stored images training will refuse for their size, and the fix."""
+    from utils.image import FACE_SIZE
+
+    odd = [(size, path) for size, path in result.sizes.items() if size != (FACE_SIZE, FACE_SIZE)]
+    examples = ", ".join(f"{path} is {h}x{w}" for (h, w), path in odd[:3])
+    more = f" and {len(odd) - 3} other sizes" if len(odd) > 3 else ""
+    return (f"{result.odd_sizes} of {len(result.written)} images in {result.rec_path} are not "
+            f"{FACE_SIZE}x{FACE_SIZE} ({examples}{more}): training accepts only {FACE_SIZE}x"
+            f"{FACE_SIZE} aligned faces and stops at the first other one; re-pack with --resize "
+            f"{FACE_SIZE} --center-crop (without --pass-through)")
 
 
 def run_pack(args: argparse.Namespace) -> int:
@@ -542,7 +624,7 @@ def run_pack(args: argparse.Namespace) -> int:
         items = read_list(lst)
         _print(f"creating .rec file from {lst} in {working_dir}")
         result = write_record(os.path.splitext(lst)[0], items,
-                              lambda it: encode_image(root, it, **options),
+                              lambda it: load_image(root, it, **options), skip_bad=args.skip_bad,
                               insightface_header=args.insightface_header,
                               pack_label=args.pack_label, num_thread=args.num_thread)
         _summary(result, len(items))

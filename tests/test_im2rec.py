@@ -13,6 +13,7 @@ import pytest
 
 import im2rec
 from tests.conftest import REPO
+from utils.errors import DataError
 from utils.recordio import MXIndexedRecordIO, unpack
 
 
@@ -154,7 +155,7 @@ def test_ordered_map_keeps_input_order_under_threads():
 def test_insightface_header_layout_with_a_failed_last_class(work):
     for p in (work / "images" / "id_05").iterdir():
         p.write_bytes(b"broken")
-    assert run(work / "train", work / "images", "--insightface-header") == 0
+    assert run(work / "train", work / "images", "--insightface-header", "--skip-bad") == 0
     records = read_rec(work / "train")
     assert records[0][2] == [21.0, 27.0]
     assert [r[2] for r in records[21:]][-2:] == [[17.0, 21.0], [21.0, 21.0]]
@@ -205,16 +206,74 @@ def test_pack_label_resize_crop_png_gray(work):
     assert decode(payload).shape == (72, 60)
 
 
-def test_unreadable_image_is_skipped_and_counted(work, capsys):
+def test_unreadable_image_is_skipped_with_skip_bad_and_counted(work, capsys):
     bad = work / "images" / "id_03" / "2.jpg"
     bad.write_bytes(b"not a jpeg")
     (work / "images" / "id_01" / "0.jpg").unlink()
-    assert run(work / "train", work / "images") == 0
+    assert run(work / "train", work / "images", "--skip-bad") == 0
     captured = capsys.readouterr()
     assert "id_03/2.jpg" in captured.err and "id_01/0.jpg" in captured.err
     assert "2 of 24 images could not be read" in captured.out
     keys = [r[0] for r in read_rec(work / "train")]
     assert len(keys) == 22 and 14 not in keys and 4 not in keys
+
+
+def truncated_images(work: Path) -> list:
+    """Cut three images of the list: half a JPEG, a JPEG without its end marker, half a PNG."""
+    images = work / "images"
+    jpeg = (images / "id_03" / "2.jpg").read_bytes()
+    (images / "id_03" / "2.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    jpeg = (images / "id_04" / "1.jpg").read_bytes()
+    (images / "id_04" / "1.jpg").write_bytes(jpeg[:-2])
+    png = cv2.imencode(".png", cv2.imread(str(images / "id_00" / "0.jpg")))[1].tobytes()
+    (images / "id_00" / "cut.png").write_bytes(png[:len(png) // 2])
+    with open(work / "train.lst", "a") as f:
+        f.write("24\t0.000000\tid_00/cut.png\n")
+    return ["id_03/2.jpg", "id_04/1.jpg", "id_00/cut.png"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--pass-through"]])
+def test_truncated_images_are_refused_or_skipped_never_packed(work, tmp_path, capsys, mode):
+    """OpenCV fills a cut JPEG with grey rows; packing refuses it (or leaves it out with
+    --skip-bad), lists it by path, and packs the good images exactly as without it."""
+    assert run(work / "train", work / "images", *mode) == 0
+    clean = {r[0]: r for r in read_rec(work / "train")}
+    bad = truncated_images(work)
+    capsys.readouterr()
+    shutil.copy(work / "train.lst", work / "again.lst")
+    assert run(work / "again", work / "images", *mode) == 1
+    err = capsys.readouterr().err
+    for path in bad:
+        assert f"bad image {path}: cannot decode image" in err
+    assert "truncated JPEG" in err and "truncated PNG" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("im2rec: error: 3 of 25 images are missing, truncated or undecodable")
+    assert "--skip-bad" in last
+    assert not (work / "again.rec").exists() and not (work / "again.idx").exists()
+    assert leftovers(work) == []
+    assert run(work / "again", work / "images", "--skip-bad", *mode) == 0
+    out = capsys.readouterr()
+    assert all(f"skipped {path}: " in out.err for path in bad)
+    assert "3 of 25 images could not be read and were skipped" in out.out
+    packed = read_rec(work / "again")
+    assert len(packed) == 22 and all(r == clean[r[0]] for r in packed)
+
+
+def test_sizes_training_refuses_are_warned_and_resize_fixes_them(work, capsys):
+    images = work / "images"
+    face = cv2.imread(str(images / "id_00" / "0.jpg"))
+    cv2.imwrite(str(images / "id_00" / "0.jpg"), cv2.resize(face, (100, 120)))
+    cv2.imwrite(str(images / "id_02" / "1.jpg"), cv2.resize(face, (250, 250)))
+    for mode in ([], ["--pass-through"]):
+        assert run(work / "train", images, *mode) == 0
+        warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+        assert len(warning) == 1, warning
+        assert "2 of 24 images" in warning[0] and "are not 112x112" in warning[0]
+        assert "id_00/0.jpg is 120x100" in warning[0] and "id_02/1.jpg is 250x250" in warning[0]
+        assert "--resize 112 --center-crop" in warning[0]
+    assert run(work / "train", images, "--resize", "112", "--center-crop") == 0
+    assert "warning" not in capsys.readouterr().err
+    assert {decode(r[5]).shape for r in read_rec(work / "train")} == {(112, 112, 3)}
 
 
 def test_all_images_failing_is_an_error_and_writes_nothing(work, tmp_path, capsys):
@@ -266,9 +325,56 @@ def test_check_reports_bad_keys_with_offsets(work, capsys):
     assert "checked 24 records: 2 bad (keys 21, 3)" in out.out
 
 
+def test_check_refuses_exactly_what_training_refuses(tmp_path, fixtures_dir, capsys):
+    """--check and the training loader (MXFaceDataset, max_bad_samples=0) agree on every record:
+    cut JPEG/PNG, a JPEG without its end marker, a 100x100 face, a negative label; the progress
+    bar counts records against their total."""
+    from dataset import MXFaceDataset
+    face = next(r[5] for r in read_rec(fixtures_dir / "mx_im2rec" / "train"))
+    png = cv2.imencode(".png", cv2.imdecode(np.frombuffer(face, np.uint8), cv2.IMREAD_COLOR))[1].tobytes()
+    small = cv2.imencode(".jpg", np.full((100, 100, 3), 90, np.uint8))[1].tobytes()
+    records = [(0, face), (1, face[:len(face) // 2]), (2, face[:-2]), (3, png[:-12]), (4, small),
+               (-1, face), (6, png), (7, face + bytes(3))]             # label, payload
+    writer = MXIndexedRecordIO(tmp_path / "train.idx", tmp_path / "train.rec", "w")
+    for key, (label, payload) in enumerate(records):
+        writer.write_idx(key, im2rec.pack(im2rec.IRHeader(0, float(label), key, 0), payload))
+    writer.close()
+    capsys.readouterr()
+    assert run("--check", tmp_path / "train.rec") == 1
+    out = capsys.readouterr()
+    assert "checked 8 records: 5 bad (keys 1, 2, 3, 4, 5)" in out.out
+    for key, reason in [(1, "truncated JPEG"), (2, "truncated JPEG"), (3, "truncated PNG"),
+                        (4, "image is 100x100, expected 112x112"), (5, "label -1 is negative")]:
+        assert f"key {key} at byte " in out.err and reason in out.err.split(f"key {key} at byte ")[1]
+    assert "8/8 [" in out.err
+    training = MXFaceDataset(str(tmp_path))
+    refused = []
+    for index in range(len(records)):
+        try:
+            training[index]
+        except DataError:
+            refused.append(index)
+    assert refused == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("name, bad", [("truncated", 2), ("bad_magic", 1)])
+def test_check_on_the_corrupt_fixtures(fixtures_dir, capsys, name, bad):
+    assert run("--check", fixtures_dir / "corrupt" / f"{name}.rec") == 1
+    assert f"checked 3 records: 1 bad (keys {bad})" in capsys.readouterr().out
+
+
 def test_check_insightface_layout_and_missing_idx(work, capsys):
     assert run(work / "train", work / "images", "--pass-through", "--insightface-header") == 0
+    capsys.readouterr()
     assert run("--check", work / "train") == 0
+    assert "checked 24 records: 0 bad" in capsys.readouterr().out     # images only, as training
+    good = (work / "train.rec").read_bytes()
+    (work / "train.rec").write_bytes(b"\xef\xbe\xad\xde" + good[4:])
+    assert run("--check", work / "train") == 1
+    out = capsys.readouterr()
+    assert "bad record: key 0 at byte 0: " in out.err and "wrong magic word" in out.err
+    assert "checked 30 records: " in out.out and "bad (keys 0, " in out.out
+    (work / "train.rec").write_bytes(good)
     (work / "train.idx").unlink()
     assert run("--check", work / "train.rec") == 0
     assert "reading" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -39,6 +40,12 @@ def decode_rgb_chw(buf: bytes | bytearray | memoryview | np.ndarray) -> torch.Te
 
 
 _CV2_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+FACE_SIZE = 112                     # training takes aligned 112x112 faces only
+
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"     # the last chunk: length 0, type, CRC
+_PADDING = b"\x00\xff \t\r\n"       # fill some writers leave after the end marker
 
 
 def decode_bgr_hwc(buf: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
@@ -46,13 +53,92 @@ def decode_bgr_hwc(buf: bytes | bytearray | memoryview | np.ndarray) -> np.ndarr
 
     The fastest decoder on the data loader's path (libjpeg-turbo, same pixels as PIL and
     torchvision); EXIF orientation is ignored, as by decode_rgb_chw and the original.
+    Truncated JPEG/PNG data is refused (see imdecode).
+    """
+    return imdecode(buf, _CV2_FLAGS)
+
+
+def imdecode(buf: bytes | bytearray | memoryview | np.ndarray, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """cv2.imdecode(buf, flags) that raises ImageDecodeError instead of returning damaged pixels.
+
+    OpenCV fills the missing rows of a cut JPEG with grey (cv2.imread always, cv2.imdecode in
+    4.x) and keeps going: a JPEG must end with its end-of-image marker and a PNG hold its IEND
+    chunk. The check reads a few bytes at each end (well under 1% of a decode).
     """
     data = buf if isinstance(buf, np.ndarray) else np.frombuffer(buf, dtype=np.uint8)
-    image = cv2.imdecode(data, _CV2_FLAGS) if data.size else None
-    if image is None:
-        raise ImageDecodeError(f"cannot decode image ({data.size} bytes): not a complete JPEG, "
-                               f"PNG, BMP or WebP")
+    raw = buf if isinstance(buf, bytes) else memoryview(data)
+    problem = _truncation(raw) if data.size else "empty image payload"
+    if problem is None:
+        try:
+            image = cv2.imdecode(data, flags)
+        except cv2.error:
+            image = None
+        problem = None if image is not None else "not a complete JPEG, PNG, BMP or WebP"
+    if problem is not None:
+        raise ImageDecodeError(f"cannot decode image ({data.size} bytes): {problem}")
     return image
+
+
+def _truncation(raw: bytes | memoryview) -> Optional[str]:
+    """Why JPEG/PNG bytes are incomplete, or None (other formats are left to OpenCV)."""
+    if raw[:2] == _JPEG_SOI:
+        return None if raw[-2:] == _JPEG_EOI else _jpeg_truncation(bytes(raw))
+    if raw[:8] == _PNG_SIGNATURE:
+        return None if raw[-12:] == _PNG_IEND else _png_truncation(bytes(raw))
+    return None
+
+
+def _jpeg_truncation(raw: bytes) -> Optional[str]:
+    """The slow path: padding after the marker, or data appended after a complete image."""
+    if raw.rstrip(_PADDING).endswith(_JPEG_EOI):
+        return None
+    scan = _jpeg_scan_start(raw)
+    # entropy-coded data never holds FF D9: an end marker after the first scan ends the image
+    if scan > 0 and raw.rfind(_JPEG_EOI) > scan:
+        return None
+    return ("truncated JPEG: no end-of-image marker (FF D9) after the image data (an interrupted "
+            "copy or write); re-create the file from its source")
+
+
+def _jpeg_scan_start(raw: bytes) -> int:
+    """Offset of the first start-of-scan marker, walking the marker segments; -1 if none."""
+    pos = 2
+    while pos + 4 <= len(raw):
+        if raw[pos] != 0xFF:
+            return -1
+        marker = raw[pos + 1]
+        if marker == 0xDA:
+            return pos
+        if marker == 0xFF:                              # fill byte before a marker
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(raw[pos + 2:pos + 4], "big")
+    return -1
+
+
+def _png_truncation(raw: bytes) -> Optional[str]:
+    """The slow path: walk the chunks (length, type, data, CRC) up to IEND."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(raw):
+        end = pos + 12 + int.from_bytes(raw[pos:pos + 4], "big")
+        if end > len(raw):
+            break
+        if raw[pos + 4:pos + 8] == b"IEND":
+            return None
+        pos = end
+    return ("truncated PNG: the file ends before its IEND chunk (an interrupted copy or write); "
+            "re-create the file from its source")
+
+
+def face_size_problem(shape: tuple) -> Optional[str]:
+    """Why training refuses an image of this (H, W, ...) shape, or None for FACE_SIZE squares."""
+    height, width = shape[:2]
+    if (height, width) == (FACE_SIZE, FACE_SIZE):
+        return None
+    return (f"image is {height}x{width}, expected {FACE_SIZE}x{FACE_SIZE} aligned faces; re-pack "
+            f"with python -m im2rec --resize {FACE_SIZE}")
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
