@@ -20,12 +20,10 @@ import torch
 from backbones import get_model
 from utils.errors import ArcFaceError, DataError
 from utils.image import decode_rgb_chw, normalize
+from utils.run_config import resolve_model_args
+from utils.weights import WeightsError, describe_mismatch, read_backbone_state
 
 INPUT_SIZE = 112
-
-
-class WeightsError(DataError):
-    """A model.pt is missing, unreadable or does not fit the requested network."""
 
 
 def resolve_weight_path(weight_path: Union[str, Path]) -> Path:
@@ -38,48 +36,18 @@ def resolve_weight_path(weight_path: Union[str, Path]) -> Path:
     return path
 
 
-def _backbone_state(state: object, path: Path) -> dict:
-    """The backbone state_dict of a model.pt (also accepts a training checkpoint or DDP keys)."""
-    if isinstance(state, dict) and "state_dict_backbone" in state:
-        state = state["state_dict_backbone"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} is not a backbone state_dict (expected the model.pt saved by training)")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def _mismatch(model: torch.nn.Module, state: dict) -> str:
-    """A short description of how a state_dict differs from a model's."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. '{missing[0]}')")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. '{unexpected[0]}')")
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatches (e.g. '{k}': file {tuple(state[k].shape)} "
-                     f"vs model {tuple(expected[k].shape)})")
-    return ", ".join(parts) or "incompatible tensors"
-
-
 def load_backbone(network: str, weight_path: Union[str, Path], device: Union[str, torch.device] = "cpu",
                   num_features: int = 512) -> torch.nn.Module:
     """Build `get_model(network)`, load model.pt strictly and return it in eval mode on `device`."""
     path = resolve_weight_path(weight_path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(f"cannot read weights {path}: {str(err).splitlines()[0]}") from None
-    state = _backbone_state(state, path)
+    state = read_backbone_state(path)
     model = get_model(network, dropout=0.0, fp16=False, num_features=num_features)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
         raise WeightsError(f"{path} does not fit --network {network} (num_features {num_features}): "
-                           f"{_mismatch(model, state)}; pass the --network it was trained with") from None
+                           f"{describe_mismatch(model.state_dict(), state)}; pass the --network it was trained "
+                           f"with") from None
     return model.to(device).eval()
 
 
@@ -157,13 +125,15 @@ def save_npy(path: Union[str, Path], array: np.ndarray) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="PyTorch ArcFace inference")
-    parser.add_argument("--network", type=str, default=None, help="backbone network (default r50)")
+    parser.add_argument("--network", type=str, default=None,
+                        help="backbone network (default: from config.json beside the weights, else r50)")
     parser.add_argument("--weight", type=str, default=None, help="model.pt (or its directory)")
     parser.add_argument("--onnx", type=str, default=None, help="exported ONNX model instead of --network/--weight")
     parser.add_argument("--img", type=str, default=None, help="aligned 112x112 face image (random if omitted)")
     parser.add_argument("--img2", type=str, default=None, help="second image: also print the cosine similarity")
     parser.add_argument("--out", type=str, default=None, help="save the embeddings (N, D) as .npy")
-    parser.add_argument("--num-features", type=int, default=512, help="embedding size the model was trained with")
+    parser.add_argument("--num-features", type=int, default=None,
+                        help="embedding size the model was trained with (default: from config.json, else 512)")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.onnx and (args.network or args.weight):
@@ -185,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.onnx:
             model = load_onnx(args.onnx, args.device)
         else:
-            model = load_backbone(args.network or "r50", args.weight, args.device, args.num_features)
+            network, num_features = resolve_model_args(resolve_weight_path(args.weight), args.network,
+                                                       args.num_features, default_network="r50")
+            model = load_backbone(network, args.weight, args.device, num_features)
         if args.img:
             paths = [args.img] + ([args.img2] if args.img2 else [])
             images = torch.stack([load_image(p) for p in paths])

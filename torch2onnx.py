@@ -24,6 +24,7 @@ import torch
 from inference import INPUT_SIZE, load_backbone, resolve_weight_path
 from utils.errors import ArcFaceError
 from utils.image import normalize
+from utils.run_config import resolve_model_args
 
 INPUT_NAME = "data"
 OUTPUT_NAME = "embedding"
@@ -175,11 +176,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="ArcFace PyTorch to ONNX")
     parser.add_argument("input", type=str, help="model.pt, or the work directory holding it")
     parser.add_argument("--output", type=str, default=None, help="output .onnx (default: model.onnx beside the input)")
-    parser.add_argument("--network", type=str, required=True, help="backbone network the weights were trained with")
+    parser.add_argument("--network", type=str, default=None,
+                        help="backbone network the weights were trained with (default: from the run's config.json)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--simplify", type=str2bool, nargs="?", const=True, default=False,
                         help="simplify with onnxsim when installed")
-    parser.add_argument("--num-features", type=int, default=512, help="embedding size the model was trained with")
+    parser.add_argument("--num-features", type=int, default=None,
+                        help="embedding size the model was trained with (default: from config.json, else 512)")
     return parser.parse_args(argv)
 
 
@@ -188,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         weight = resolve_weight_path(args.input)
         output = Path(args.output) if args.output else weight.parent / "model.onnx"
+        args.network, args.num_features = resolve_model_args(weight, args.network, args.num_features)
         net = load_backbone(args.network, weight, "cpu", args.num_features)
         convert_onnx(net, None, output, opset=args.opset, simplify=args.simplify)
     except ArcFaceError as err:

@@ -20,15 +20,16 @@ from partial_fc_v2 import PartialFC_V2
 from utils.checkpoint import (OutputLock, StopRequest, atomic_save, checkpoint_path, fingerprint,
                               load_checkpoint, prepare_output, remove_failed_output, remove_stale_temporaries,
                               rng_states, save_rank_checkpoint, set_rng_states)
-from utils.data_check import check_data_vs_config, inspect_data, resolve_auto
+from utils.data_check import check_data_vs_config, check_val_targets, inspect_data, resolve_auto
 from utils.errors import ArcFaceError
-from utils.utils_callbacks import CallBackLogging, CallBackVerification
-from utils.utils_config import get_config
+from utils.utils_callbacks import CallBackLogging, CallBackVerification, build_metric_writers
+from utils.run_config import describe_run, write_run_config
+from utils.utils_config import config_warnings, get_config
 from utils.utils_distributed import cleanup, keep_freed_cpu_memory, setup, setup_seed
 from utils.utils_logging import AverageMeter, init_logging
 from utils.utils_train import (GradScaleWatch, build_backbone, build_grad_scaler, build_lr_scheduler,
-                               build_optimizer, config_changes, log_config, masked_config, restore_group_settings,
-                               restore_schedule, set_step_counts, train_step)
+                               build_optimizer, config_changes, load_pretrained, log_config, masked_config,
+                               restore_group_settings, restore_schedule, set_step_counts, train_step)
 
 
 class TrainingStopped(ArcFaceError):
@@ -67,9 +68,12 @@ def train(cfg, info, progress: dict | None = None) -> None:
     # Data first: every disagreement between data and config stops here, before any heavy work.
     data_info = inspect_data(cfg.rec)
     resolve_auto(cfg, data_info)
-    for warning in check_data_vs_config(cfg, data_info, info.world_size):
+    for warning in check_data_vs_config(cfg, data_info, info.world_size) + check_val_targets(cfg) + \
+            config_warnings(cfg):
         logging.warning(warning)
     set_step_counts(cfg, info.world_size)
+    if info.is_main:     # the run describes itself: the tools read network and sizes from it
+        write_run_config(cfg.output, describe_run(cfg, masked_config(cfg)))
     train_loader = get_dataloader(
         cfg.rec, info.local_rank, cfg.batch_size, cfg.dali, cfg.dali_aug, cfg.seed, cfg.num_workers,
         aug=aug_from_config(cfg), rank=info.rank, world_size=info.world_size,
@@ -77,12 +81,10 @@ def train(cfg, info, progress: dict | None = None) -> None:
     if cfg.check_data == "full":
         check_all_samples(cfg.rec, cfg.num_workers, cfg.max_bad_samples, cfg.num_classes)
 
-    summary_writer = None
-    if info.is_main and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        summary_writer = SummaryWriter(log_dir=os.path.join(cfg.output, "tensorboard"))
+    summary_writer = build_metric_writers(cfg, masked_config(cfg), info.is_main)   # TensorBoard, W&B
 
     backbone, backbone_module = build_backbone(cfg, info)
+    pretrained_notes = load_pretrained(cfg, backbone_module)    # a resumed checkpoint overrides it
     margin_loss = build_margin(cfg)
     module_partial_fc = PartialFC_V2(margin_loss, cfg.embedding_size, cfg.num_classes,
                                      cfg.sample_rate, cfg.fp16).train().to(info.device)
@@ -116,7 +118,7 @@ def train(cfg, info, progress: dict | None = None) -> None:
         del dict_checkpoint
 
     log_config(cfg)
-    for note in resume_notes:
+    for note in pretrained_notes + resume_notes:
         logging.info(note)
     scale_watch = GradScaleWatch(amp)     # after the resume: it starts from the restored scale
     callback_verification = CallBackVerification(
@@ -143,6 +145,8 @@ def train(cfg, info, progress: dict | None = None) -> None:
             }, cfg.output, info.rank, keep_previous=info.distributed)
         if info.is_main:
             atomic_save(backbone_module.state_dict(), os.path.join(cfg.output, "model.pt"))
+            if summary_writer is not None:
+                summary_writer.save_model(os.path.join(cfg.output, "model.pt"), global_step)
 
     loss_am = AverageMeter()
     loss_sum = torch.zeros((), device=info.device)

@@ -19,6 +19,8 @@ config.save_checkpoint = False          # the seed fork's name for save_all_stat
 config.output = None                    # None -> work_dirs/<config file name>
 
 config.embedding_size = 512
+config.pretrained = None                # new: initialise the backbone from this model.pt (fine-tuning)
+config.pretrained_strict = True         # new: every key must fit; False loads the fitting ones and lists the rest
 
 # Partial FC
 config.sample_rate = 1.0                # fraction of class centres per step; 0 = the positives only
@@ -44,7 +46,8 @@ config.num_image = "auto"               # int, or "auto": read from the data
 config.num_epoch = 20
 config.warmup_epoch = 0                # -1 (the original's 3millions.py) = no warm-up, as 0
 config.val_targets = ["lfw", "cfp_fp", "agedb_30"]
-config.image_size = (112, 112)          # new
+config.val_targets_missing = "error"    # new: a val_targets entry without its <rec>/<name>.bin stops start-up; "warn" skips it
+config.image_size = (112, 112)          # new: only 112x112 aligned faces are supported (anything else is refused)
 config.dali = False                     # NVIDIA DALI data loading (GPU decode when CUDA is present)
 config.dali_aug = False
 config.num_workers = 2
@@ -67,7 +70,8 @@ config.lr_gamma = 0.1
 config.gradient_acc = 1
 
 # Speed and memory (new keys)
-config.gradient_checkpointing = False   # recompute block activations in backward (iResNet, ViT)
+config.gradient_checkpointing = None    # recompute block activations in backward: None = the network's
+                                        # default (on for vit_b, vit_l, vit_h), False = off, True = on
 config.channels_last = False
 config.compile = False                  # torch.compile the backbone
 
@@ -82,7 +86,9 @@ config.verification_batch_size = 256    # new: the original used 10 (slow; resul
 # TensorBoard
 config.tensorboard = True
 
-# WandB (kept for config compatibility; not used by this toolkit)
+# WandB (rank 0 logs loss, LR, verification accuracies and the config, secrets masked; save_artifacts
+# adds model.pt as an artifact; wandb_resume continues the same W&B run). Key: wandb_key or WANDB_API_KEY;
+# WANDB_MODE=offline needs none.
 config.wandb_key = "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
 config.suffix_run_name = None
 config.using_wandb = False

@@ -24,6 +24,7 @@ import torch
 
 from utils.errors import ArcFaceError, DataError
 from utils.image import ImageDecodeError, decode_rgb_chw, normalize
+from utils.run_config import resolve_model_args
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)      # accuracy / ROC grid of the original
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)     # VAL@FAR grid of the original
@@ -563,21 +564,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m eval.verification",
                                      description="Evaluate a model on verification .bin sets (flip test).")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model.pt (a backbone state_dict); needs --network")
+    source.add_argument("--model", help="model.pt (a backbone state_dict); --network / --num-features come from "
+                                        "the run's config.json beside it unless given")
     source.add_argument("--onnx", help="exported ONNX model (input already normalised)")
     parser.add_argument("--network", help="backbone name, e.g. r50, r100, mbf")
     parser.add_argument("--data-dir", required=True, help="folder with <target>.bin files")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated target names")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--nfolds", type=int, default=10)
-    parser.add_argument("--num-features", type=int, default=512)
+    parser.add_argument("--num-features", type=int, default=None,
+                        help="embedding size (default: from config.json beside the model, else 512)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--json", help="write every number (and ROC arrays) to this file")
     parser.add_argument("--name", help="row name in the table (default: the model's folder or file name)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.model and not args.network:
-        parser.error("--model needs --network (the backbone it was trained with)")
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     return args
@@ -593,6 +594,7 @@ def run(args: argparse.Namespace) -> dict:
         backbone = OnnxBackbone(args.onnx)
         name = args.name or Path(args.onnx).stem
     else:
+        args.network, args.num_features = resolve_model_args(args.model, args.network, args.num_features)
         backbone = load_backbone(args.model, args.network, args.num_features, device)
         name = args.name or Path(args.model).resolve().parent.name
     results = {}

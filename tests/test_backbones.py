@@ -513,3 +513,16 @@ def test_torch_older_than_supported_is_a_one_line_error():
     require_torch("2.10.0a0")
     with pytest.raises(EnvironmentVersionError, match=r"torch 2\.1\.2\+cu121 is older than 2\.4.*pip install"):
         require_torch("2.1.2+cu121")
+
+
+@pytest.mark.parametrize("setting, expected", [(None, True), (False, False), (True, True)])
+def test_config_gradient_checkpointing_none_default_false_off(setting, expected):
+    """vit_b checkpoints by default: None keeps that, False really turns it off (it used to mean the default)."""
+    from easydict import EasyDict
+    from utils.utils_distributed import DistInfo
+    from utils.utils_train import build_backbone
+    cfg = EasyDict(network="vit_b", fp16=False, embedding_size=512, gradient_checkpointing=setting,
+                   channels_last=False, compile=False)
+    with torch.device("meta"):
+        _, module = build_backbone(cfg, DistInfo(0, 0, 1, torch.device("meta"), None))
+    assert module.gradient_checkpointing is expected

@@ -248,6 +248,9 @@ def test_parse_override_keeps_text_after_the_first_equals():
     ("lr=-0.1", "lr"),
     ("num_workers=-1", "num_workers"),
     ("check_data=all", "check_data"),
+    ("image_size=(128, 128)", "image_size"),
+    ("val_targets_missing=ignore", "val_targets_missing"),
+    ("gradient_checkpointing=1", "gradient_checkpointing"),
 ])
 def test_validate_errors(tmp_path, override, key):
     message = config_error(write_config(tmp_path, "config.num_epoch = 20\n"), [override])
@@ -259,3 +262,15 @@ def test_validate_errors(tmp_path, override, key):
                                       "sample_rate=0", "warmup_epoch=-1"])  # both in original configs
 def test_validate_accepts_edges(tmp_path, override):
     get_config(str(write_config(tmp_path, "config.num_epoch = 20\n")), [override])
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["dali_aug=true"], "'dali_aug' has no effect without dali=True"),
+    (["lr_steps=(8, 16)"], "'lr_steps' (8, 16) has no effect with lr_scheduler='poly'"),
+    (["optimizer=adamw", "momentum=0.5"], "'momentum' (0.5) has no effect with optimizer='adamw'"),
+])
+def test_keys_without_effect_are_warned_about(tmp_path, overrides, words):
+    from utils.utils_config import config_warnings
+    cfg = get_config(str(write_config(tmp_path, "config.num_epoch = 20\n")), overrides)
+    assert [w for w in config_warnings(cfg) if words in w]
+    assert config_warnings(get_config(str(write_config(tmp_path, "config.num_epoch = 20\n")))) == []

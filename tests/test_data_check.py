@@ -136,9 +136,18 @@ def test_config_errors(fixtures_dir):
         dc.check_data_vs_config(cfg(batch_size=8), info, 4)
     with pytest.raises(ConfigError, match="num_classes=6 < world_size=8"):
         dc.check_data_vs_config(cfg(batch_size=1), info, 8)
-    for rate in (0.0, 1.5):
-        with pytest.raises(ConfigError, match=r"sample_rate=.* is outside \(0, 1\]"):
-            dc.check_data_vs_config(cfg(sample_rate=rate), info, 1)
+    assert dc.check_data_vs_config(cfg(sample_rate=0.0), info, 1) == []   # positives only: allowed
+
+
+def test_missing_verification_targets_stop_or_warn(fixtures_dir, tmp_path):
+    (tmp_path / "lfw.bin").write_bytes(b"x")
+    config = cfg(rec=str(tmp_path), val_targets=["lfw", "agedb_30", "cfp_fp"])
+    with pytest.raises(DataError, match=rf"not found: {tmp_path / 'agedb_30.bin'}, {tmp_path / 'cfp_fp.bin'}: "):
+        dc.check_val_targets(config)
+    config.val_targets_missing = "warn"
+    assert dc.check_val_targets(config) == [f"verification targets not found, skipped: "
+                                            f"{tmp_path / 'agedb_30.bin'}, {tmp_path / 'cfp_fp.bin'}"]
+    assert dc.check_val_targets(cfg(rec=str(tmp_path), val_targets=["lfw"])) == []
 
 
 def test_missing_or_wrong_rec_folder(fixtures_dir, tmp_path):

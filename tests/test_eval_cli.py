@@ -116,10 +116,11 @@ def test_cli_data_dir_without_targets_says_what_it_looked_for(tmp_path, capsys):
     assert "lfw.bin, cfp_fp.bin, agedb_30.bin, cplfw.bin, calfw.bin" in err and str(tmp_path) in err
 
 
-def test_cli_model_needs_network(tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        V.parse_args(["--model", "x.pt", "--data-dir", str(tmp_path)])
-    assert exc.value.code == 2
+def test_cli_model_needs_network_when_no_run_config(tmp_path, capsys):
+    (tmp_path / "lfw.bin").write_bytes(b"")
+    rc = V.main(["--model", str(tmp_path / "x.pt"), "--data-dir", str(tmp_path), "--targets", "lfw"])
+    assert rc == 2
+    assert "no --network given and no config.json beside" in capsys.readouterr().err
 
 
 class TinyNet(torch.nn.Module):

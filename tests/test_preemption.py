@@ -378,3 +378,24 @@ def test_full_disk_at_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_pat
         state = torch.load(disk / "run" / "checkpoint_gpu_0.pt", map_location="cpu", weights_only=False)
         assert state["global_step"] == 4
         assert not [p for p in (disk / "run").iterdir() if ".tmp." in p.name]
+
+
+def test_python_warnings_and_config_warnings_reach_training_log(tmp_path, tiny_data):  # noqa: F811
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", num_epoch=1, margin_list=(1.0, 0.2, 0.3),
+                          dali_aug=True)
+    # a fresh interpreter: pytest would catch the Python warnings itself
+    result = subprocess.run([sys.executable, "train_v2.py", str(config)], cwd=REPO, env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (tmp_path / "out" / "training.log").read_text()
+    assert "the original arcface_torch ignored m1 and m2 when m3 > 0" in log       # a warnings.warn
+    assert "'dali_aug' has no effect without dali=True" in log
+
+
+def test_missing_verification_target_stops_before_training(tmp_path, tiny_data):  # noqa: F811
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", val_targets=["demo_val", "lfw"])
+    with pytest.raises(DataError, match=r"verification target file\(s\) not found: .*lfw.bin"):
+        run_main(config)
+    assert not (tmp_path / "out").exists()
+    run_main(config, "val_targets_missing=warn", "num_epoch=1")
+    assert "verification targets not found, skipped" in (tmp_path / "out" / "training.log").read_text()

@@ -62,9 +62,14 @@ def test_image_folders_to_comparison_table(tmp_path):
     run("-m", "im2rec", str(rec / "train.lst"), str(images))
     assert (rec / "train.rec").stat().st_size > 0 and len((rec / "train.idx").read_text().splitlines()) == 64
 
-    train = run("train_v2.py", "configs/dcface.py", "--set", "network=mbf_tiny", "embedding_size=64",
-                f"rec={rec}", f"output={out}", "batch_size=16", "num_epoch=2", "warmup_epoch=0", "fp16=false",
-                "frequent=2", "verbose=4", "num_workers=0", "verification_batch_size=40")
+    train_args = ["train_v2.py", "configs/dcface.py", "--set", "network=mbf_tiny", "embedding_size=64",
+                  f"rec={rec}", f"output={out}", "batch_size=16", "num_epoch=2", "warmup_epoch=0", "fp16=false",
+                  "frequent=2", "verbose=4", "num_workers=0", "verification_batch_size=40"]
+    refused = subprocess.run([sys.executable, *train_args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                             env=ENV)
+    assert refused.returncode == 2 and "agedb_30.bin" in refused.stderr and 'val_targets_missing="warn"' in \
+        refused.stderr and not out.exists(), refused.stderr[-2000:]
+    train = run(*train_args, "val_targets_missing=warn")
     log = (out / "training.log").read_text()
     assert re.search(r": num_classes\s+8\n", log) and re.search(r": num_image\s+64\n", log)  # "auto" resolved
     assert "agedb_30.bin" in log and "[lfw][8]Accuracy-Highest" in log and "[cfp_fp][8]Accuracy-Flip" in log

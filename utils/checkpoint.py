@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from utils.errors import CheckpointError, ConfigError
+from utils.files import atomic_write, atomic_write_text
 
 # Config keys a checkpoint must agree on to be resumable.
 FINGERPRINT_KEYS = ("network", "embedding_size", "num_classes", "sample_rate", "batch_size", "world_size",
@@ -28,18 +29,10 @@ def atomic_save(obj: Any, path: str) -> None:
     A failed write (full disk, read-only folder) leaves ``path`` as it was and raises a one-line
     CheckpointError naming the file, the reason and the size needed.
     """
-    tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(obj, f))
     except (OSError, RuntimeError) as err:
         raise CheckpointError(_write_failure(path, obj, err)) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _write_failure(path: str, obj: Any, err: Exception) -> str:
@@ -75,7 +68,7 @@ def remove_stale_temporaries(output: str, rank: int) -> list[str]:
     """Delete the temporary files that killed saves of this rank left (``<file>.tmp.<pid>`` whose
     process is gone); returns their paths."""
     prefixes = (f"checkpoint_gpu_{rank}.pt.tmp.", f"checkpoint_gpu_{rank}.previous.pt.tmp.") + \
-        (("model.pt.tmp.",) if rank == 0 else ())
+        (("model.pt.tmp.", "config.json.tmp.") if rank == 0 else ())
     stale = []
     for name in os.listdir(output):
         pid = name.rsplit(".tmp.", 1)[-1]
@@ -286,10 +279,7 @@ class OutputLock:
                     f"stopped run or overwrite=True to replace it (remove {self.path} if you are sure "
                     f"nothing runs)")
             logging.warning("removing stale lock %s of pid %s", self.path, holder.get("pid"))
-        tmp = f"{self.path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         self.held = True
 
     def release(self) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from utils.errors import ConfigError
+from utils.files import atomic_write_text
 from utils.utils_logging import AverageMeter
 
 
@@ -112,3 +114,85 @@ class CallBackLogging:
         loss.reset()
         self.tic, self.excluded = time.time(), 0.0
         return msg
+
+
+class MetricWriters:
+    """``add_scalar`` to every sink at once: TensorBoard's SummaryWriter and/or W&B (rank 0 only)."""
+
+    def __init__(self, writers: list[Any]) -> None:
+        self.writers = [w for w in writers if w is not None]
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        for writer in self.writers:
+            writer.add_scalar(tag, value, step)
+
+    def save_model(self, path: str, step: int) -> None:
+        for writer in self.writers:
+            if hasattr(writer, "save_model"):
+                writer.save_model(path, step)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+class WandbWriter:
+    """Weights & Biases logging as the original's keys ask for it: loss, LR, verification, config, model.
+
+    The key comes from ``wandb_key`` or WANDB_API_KEY (the placeholder of configs/base.py counts as
+    unset); ``WANDB_MODE=offline`` needs none. The run lives in ``<output>/wandb``; its id is kept in
+    ``<output>/wandb_run_id`` so that ``wandb_resume`` continues the same W&B run after a resume.
+    """
+
+    PLACEHOLDER = "X" * 40
+
+    def __init__(self, cfg: Any, config: dict) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("using_wandb=True but the wandb package is not installed: pip install wandb, "
+                              "or set using_wandb=False") from None
+        self.wandb, self.save_artifacts = wandb, bool(cfg.save_artifacts)
+        key = cfg.wandb_key if cfg.wandb_key and cfg.wandb_key != self.PLACEHOLDER else os.environ.get("WANDB_API_KEY")
+        offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun")
+        if not key and not offline:
+            raise ConfigError("using_wandb=True needs an API key: set wandb_key in the config or WANDB_API_KEY, "
+                              "or run with WANDB_MODE=offline (sync later with `wandb sync`)")
+        if key and not offline:
+            wandb.login(key=key, relogin=False)
+        id_path = os.path.join(cfg.output, "wandb_run_id")
+        run_id = None
+        if cfg.wandb_resume and os.path.exists(id_path):
+            with open(id_path) as f:
+                run_id = f.read().strip() or None
+        name = time.strftime("%y%m%d_%H%M") + ("" if cfg.suffix_run_name is None else f"_{cfg.suffix_run_name}")
+        self.run = wandb.init(entity=cfg.wandb_entity, project=cfg.wandb_project, name=name, dir=cfg.output,
+                              id=run_id, resume="allow" if cfg.wandb_resume else None, config=config)
+        atomic_write_text(id_path, self.run.id)
+        self.name = name
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.run.log({tag: value}, step=step)
+
+    def save_model(self, path: str, step: int) -> None:
+        """model.pt as a W&B artifact (``save_artifacts``)."""
+        if self.save_artifacts:
+            artifact = self.wandb.Artifact(name=f"model_{self.run.id}", type="model", metadata={"step": step})
+            artifact.add_file(path)
+            self.run.log_artifact(artifact)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def build_metric_writers(cfg: Any, config: dict, is_main: bool) -> MetricWriters | None:
+    """TensorBoard (``tensorboard``) and W&B (``using_wandb``) sinks of rank 0; None when there are none."""
+    if not is_main or not (cfg.tensorboard or cfg.using_wandb):
+        return None
+    writers: list[Any] = []
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        writers.append(SummaryWriter(log_dir=os.path.join(cfg.output, "tensorboard")))
+    if cfg.using_wandb:
+        writers.append(WandbWriter(cfg, config))
+    return MetricWriters(writers)

@@ -24,6 +24,8 @@ SPECIAL_TYPES: dict[str, tuple[str, ...]] = {
     "resume": ("bool", "auto"),
     "output": ("str", "none"),
     "suffix_run_name": ("str", "none"),
+    "gradient_checkpointing": ("bool", "none"),
+    "pretrained": ("str", "none"),
 }
 # Keys computed at start-up; a config may not set them.
 DERIVED_KEYS = ("total_batch_size", "warmup_step", "total_step", "world_size")
@@ -129,6 +131,21 @@ def get_config(config_file: str, overrides: Iterable[str] = ()) -> edict:
     return cfg
 
 
+def config_warnings(cfg: edict) -> list[str]:
+    """Keys that are valid but have no effect with the other keys (logged at start-up)."""
+    warnings = []
+    if cfg.dali_aug and not cfg.dali:
+        warnings.append("config key 'dali_aug' has no effect without dali=True (the PyTorch loader uses the "
+                        "aug_* keys)")
+    if cfg.lr_steps and cfg.lr_scheduler != "step":
+        warnings.append(f"config key 'lr_steps' {tuple(cfg.lr_steps)} has no effect with lr_scheduler="
+                        f"{cfg.lr_scheduler!r}: set lr_scheduler=\"step\" to use it")
+    if cfg.optimizer == "adamw" and cfg.momentum != 0.9:
+        warnings.append(f"config key 'momentum' ({cfg.momentum}) has no effect with optimizer='adamw' "
+                        f"(AdamW uses its default betas)")
+    return warnings
+
+
 def validate(cfg: edict) -> None:
     """Cross-key checks that need no data (ranges and choices)."""
     if len(cfg.margin_list) != 3:
@@ -142,6 +159,12 @@ def validate(cfg: edict) -> None:
     if cfg.num_workers < 0:
         raise ConfigError(f"config key 'num_workers' must be >= 0 (0 = load in the main process), got "
                           f"{cfg.num_workers}")
+    if tuple(cfg.image_size) != (112, 112):
+        raise ConfigError(f"config key 'image_size' must be (112, 112), got {tuple(cfg.image_size)}: the backbones, "
+                          f"loaders and verification are built for 112x112 aligned faces (re-pack other sizes "
+                          f"with python -m im2rec --resize 112)")
+    if cfg.val_targets_missing not in ("error", "warn"):
+        raise ConfigError(f"config key 'val_targets_missing' must be 'error' or 'warn', got {cfg.val_targets_missing!r}")
     if cfg.check_data not in ("fast", "full"):
         raise ConfigError(f"config key 'check_data' must be 'fast' or 'full', got {cfg.check_data!r}")
     if cfg.optimizer not in ("sgd", "adamw"):

@@ -38,6 +38,7 @@ def init_logging(rank: int, models_root: str) -> None:
         log_root.addHandler(logging.StreamHandler(sys.stderr))
         return
     log_root.setLevel(logging.INFO)
+    logging.captureWarnings(True)      # Python warnings (e.g. from losses.py) reach training.log too
     formatter = logging.Formatter(LOG_FORMAT)
     handler_file = logging.FileHandler(os.path.join(models_root, "training.log"))
     handler_stream = logging.StreamHandler(sys.stdout)

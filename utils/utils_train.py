@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -9,15 +10,17 @@ import torch
 from backbones import get_model
 from lr_scheduler import PolynomialLRWarmup, StepLRWarmup
 from utils.errors import ConfigError
+from utils.weights import describe_mismatch, key_differences, read_backbone_state
 from utils.utils_distributed import DistInfo
 
 
 def build_backbone(cfg: Any, info: DistInfo) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(model to train, maybe DDP/compiled; the plain module whose state_dict is model.pt)."""
     # dropout None: each network's own (0 for iresnet, the fork's 0.5 for LResNet50E_IR, which ignored
-    # the original's dropout=0.0); checkpointing False keeps upstream's default (on for the big ViTs).
+    # the original's dropout=0.0); gradient_checkpointing None: upstream's default (on for the big ViTs),
+    # False: off, True: on.
     module = get_model(cfg.network, dropout=None, fp16=cfg.fp16, num_features=cfg.embedding_size,
-                       gradient_checkpointing=cfg.gradient_checkpointing or None).to(info.device)
+                       gradient_checkpointing=cfg.gradient_checkpointing).to(info.device)
     if cfg.channels_last:
         module = module.to(memory_format=torch.channels_last)
     model = module
@@ -33,6 +36,33 @@ def build_backbone(cfg: Any, info: DistInfo) -> tuple[torch.nn.Module, torch.nn.
         model = torch.compile(model)
     model.train()
     return model, module
+
+
+def load_pretrained(cfg: Any, module: torch.nn.Module) -> list[str]:
+    """Initialise the backbone from ``cfg.pretrained`` (a model.pt or checkpoint); returns the log lines.
+
+    Strict by default (``pretrained_strict``): any missing, unexpected or differently shaped key stops
+    start-up naming the file. Not strict: the fitting tensors load and the rest is listed.
+    """
+    if not cfg.pretrained:
+        return []
+    if not os.path.isfile(cfg.pretrained):
+        raise ConfigError(f"config key 'pretrained': {cfg.pretrained} does not exist (give the path of a model.pt)")
+    state = read_backbone_state(cfg.pretrained)
+    missing, unexpected, shapes = key_differences(module.state_dict(), state)
+    if (missing or unexpected or shapes) and cfg.pretrained_strict:
+        raise ConfigError(f"config key 'pretrained': {cfg.pretrained} does not fit network {cfg.network} "
+                          f"(embedding_size {cfg.embedding_size}): {describe_mismatch(module.state_dict(), state)}; "
+                          f"set pretrained_strict=False to load the tensors that fit")
+    fitting = {k: v for k, v in state.items() if k not in unexpected and k not in shapes}
+    module.load_state_dict(fitting, strict=False)
+    lines = [f"pretrained: initialised {len(fitting)} tensors of {cfg.network} from {cfg.pretrained}"]
+    for label, keys in (("left at their initial values (missing in the file)", missing + shapes),
+                        ("in the file but not in the network (ignored)", unexpected)):
+        if keys:
+            lines.append(f"pretrained: {len(keys)} keys {label}: {', '.join(keys[:8])}"
+                         + (", ..." if len(keys) > 8 else ""))
+    return lines
 
 
 def build_optimizer(cfg: Any, backbone: torch.nn.Module, partial_fc: torch.nn.Module) -> torch.optim.Optimizer:
