@@ -158,9 +158,15 @@ def _cos_plus(cos: torch.Tensor, margin) -> torch.Tensor:
     return cos * torch.cos(margin) - _safe_sqrt(1.0 - cos * cos) * torch.sin(margin)
 
 
-def _put_target(logits: torch.Tensor, valid: torch.Tensor, cols: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``logits`` with the target column of valid rows replaced by ``target`` (out of place, differentiable)."""
-    return logits.scatter(1, cols, torch.where(valid, target.to(logits.dtype), logits.gather(1, cols)))
+def _scaled_with_target(logits: torch.Tensor, valid: torch.Tensor, cols: torch.Tensor, target: torch.Tensor,
+                        s: float) -> torch.Tensor:
+    """``s * logits`` with the target column of valid rows replaced by ``s * target`` (differentiable).
+
+    One new (N, C) tensor: the target is written in place into the scaled copy.
+    """
+    kept = logits.gather(1, cols) * s  # from logits, not out: gather keeps its input for backward
+    out = logits * s
+    return out.scatter_(1, cols, torch.where(valid, (target * s).to(out.dtype), kept))
 
 
 class MarginHead(torch.nn.Module):
@@ -222,7 +228,7 @@ class AdaFace(MarginHead):
         cos = logits.clamp(-1 + EPS, 1 - EPS)
         theta = torch.acos(cos.gather(1, cols).to(z.dtype))
         target = torch.cos((theta - self.m * z).clamp(EPS, math.pi - EPS)) - (self.m + self.m * z)
-        return _put_target(cos, valid, cols, target) * self.s
+        return _scaled_with_target(cos, valid, cols, target, self.s)
 
 
 class MagFace(MarginHead):
@@ -254,7 +260,7 @@ class MagFace(MarginHead):
             target = torch.where(cos > 0, phi, cos)
         else:
             target = torch.where(cos > torch.cos(math.pi - m), phi, cos - m * torch.sin(m))
-        return _put_target(logits, valid, cols, target) * self.s
+        return _scaled_with_target(logits, valid, cols, target, self.s)
 
     def regularizer(self, norms: torch.Tensor) -> torch.Tensor:
         """lambda_g * mean of g(a) over the given rows (PartialFC_V2 passes the rank's own rows)."""
@@ -290,7 +296,7 @@ class CurricularFace(MarginHead):
         cos = logits.gather(1, cols).to(_work_dtype(logits))
         target = torch.where(cos > math.cos(math.pi - self.m), _cos_plus(cos, self.m),
                              cos - self.m * math.sin(self.m))
-        return _put_target(modulated, valid, cols, target) * self.s
+        return _scaled_with_target(modulated, valid, cols, target, self.s)
 
 
 class _ElasticFace(MarginHead):
@@ -348,7 +354,7 @@ class _ElasticFace(MarginHead):
         valid, cols = _rows(labels)
         margins = self.margins(logits, target_cos)
         target = self.target(logits.gather(1, cols).to(margins.dtype), margins)
-        return _put_target(logits, valid, cols, target) * self.s
+        return _scaled_with_target(logits, valid, cols, target, self.s)
 
 
 class ElasticFaceArc(_ElasticFace):
