@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -285,18 +285,36 @@ def similarity_matrices(landmarks: np.ndarray, reference: np.ndarray = REFERENCE
     rotation = np.matmul(u * d[:, None, :], v)
     tol = s.max(axis=1) * 2 * np.finfo(float).eps
     rank = np.count_nonzero(s > tol[:, None], axis=1)
-    scale = 1.0 / src_demean.var(axis=1).sum(axis=1) * np.einsum("ij,ij->i", s, d)
+    with np.errstate(divide="ignore", invalid="ignore"):      # coincident points: replaced below
+        scale = 1.0 / src_demean.var(axis=1).sum(axis=1) * np.einsum("ij,ij->i", s, d)
     out = np.empty((src.shape[0], 2, 3))
     out[:, :, 2] = dst_mean - scale[:, None] * np.matmul(rotation, src_mean[:, :, None])[..., 0]
     out[:, :, :2] = rotation * scale[:, None, None]
-    for i in np.flatnonzero(rank < 2):          # degenerate landmarks: skimage's special cases, row by row
+    for i in np.flatnonzero(rank < 2):          # degenerate landmarks, row by row
         out[i] = _degenerate_matrix(src[i], dst)
     return out
 
 
 def _degenerate_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    from skimage.transform._geometric import _umeyama
-    return _umeyama(src, dst, True)[:2]
+    """scikit-image's answer for collinear (rank 1) or coincident (rank 0: NaN, a black crop) landmarks."""
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_demean, dst_demean = src - src_mean, dst - dst_mean
+    a = dst_demean.T @ src_demean / src.shape[0]
+    u, s, v = np.linalg.svd(a)
+    if np.count_nonzero(s > s.max() * 2 * np.finfo(float).eps) == 0:
+        return np.full((2, 3), np.nan)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(v) > 0:
+        rotation = (u @ v).astype(np.float64)     # float32 product stored in a float64 matrix
+    else:
+        rotation = u @ np.diag([1.0, -1.0]) @ v
+    if np.linalg.det(a) < 0:
+        d[1] = -1
+    scale = 1.0 / src_demean.var(axis=0).sum() * (s @ d)
+    out = np.empty((2, 3))
+    out[:, 2] = dst_mean - scale * (rotation @ src_mean.T)
+    out[:, :2] = rotation * scale
+    return out
 
 
 def align_crop(image_bgr: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -306,9 +324,11 @@ def align_crop(image_bgr: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 class AlignedCropBatches(torch.utils.data.Dataset):
-    """Batch i = (first row, uint8 RGB crops (B, 3, 112, 112), [(row, reason) of unusable crops]).
+    """Batch i = (first row, uint8 RGB (2B, 3, 112, 112): B aligned crops then their B mirrors,
+    [(row, reason) of unusable crops]).
 
-    Decoding and warping happen here, i.e. in DataLoader workers beside the model.
+    Decoding, warping and mirroring happen here, i.e. in DataLoader workers beside the model; the
+    batch is already the model's input layout (one copy of each crop, no concatenation after).
     """
 
     def __init__(self, paths: Sequence[str], matrices: np.ndarray, batch_size: int, skip: np.ndarray):
@@ -320,18 +340,28 @@ class AlignedCropBatches(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         start = index * self.batch_size
         stop = min(len(self.paths), start + self.batch_size)
-        crops = np.zeros((stop - start, 3, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        size = stop - start
+        both = np.zeros((2 * size, 3, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
         bad = []
         for j, row in enumerate(range(start, stop)):
-            if self.skip[row]:
-                bad.append((row, "missing"))
-                continue
-            image = cv2.imread(self.paths[row], cv2.IMREAD_COLOR)
-            if image is None:
-                bad.append((row, "not a decodable image"))
-                continue
-            crops[j] = align_crop(image, self.matrices[row]).transpose(2, 0, 1)
-        return start, torch.from_numpy(crops), bad
+            why = self._load_into(row, both[j], both[size + j])
+            if why:
+                bad.append((row, why))
+        return start, torch.from_numpy(both), bad
+
+    def _load_into(self, row: int, crop: np.ndarray, mirror: np.ndarray) -> str | None:
+        """Write the aligned crop and its mirror (CHW RGB); return why the row cannot be used."""
+        if self.skip[row]:
+            return "missing"
+        if not np.isfinite(self.matrices[row]).all():
+            return "its five landmarks coincide: no alignment"
+        image = cv2.imread(self.paths[row], cv2.IMREAD_COLOR)
+        if image is None:
+            return "not a decodable image"
+        chw = align_crop(image, self.matrices[row]).transpose(2, 0, 1)
+        crop[...] = chw
+        mirror[...] = chw[:, :, ::-1]
+        return None
 
 
 @dataclass
@@ -368,19 +398,19 @@ def embed_release(release: Release, backbone: torch.nn.Module, batch_size: int =
     backbone.eval()
     try:
         with torch.inference_mode():
-            for start, crops, bad in batches:
+            for start, both, bad in batches:
                 for row, why in bad:
                     if not skip[row]:
                         bad_rows.append(row)
                         bad_reasons.append(why)
                         check_bad_budget(bad_rows, bad_reasons, n, max_bad, release.names)
-                both = normalize(torch.cat([crops, crops.flip(-1)]).to(device, non_blocking=True))
+                x = normalize(both.to(device, non_blocking=True))
                 t_model = time.perf_counter()
-                out = backbone(both).float().cpu().numpy()
+                out = backbone(x).float().cpu().numpy()
                 model_seconds += time.perf_counter() - t_model
                 if features is None:
                     features = np.empty((n, 2 * out.shape[1]), np.float32)
-                b = crops.shape[0]
+                b = both.shape[0] // 2
                 features[start:start + b, :out.shape[1]] = out[:b]
                 features[start:start + b, out.shape[1]:] = out[b:]
     finally:
@@ -709,17 +739,28 @@ def gallery_metrics(similarity: np.ndarray, probe_subjects: np.ndarray, gallery_
     return out
 
 
-def identification(release: Release, template_feats: np.ndarray, unique_templates: np.ndarray) -> dict:
+def read_1n_lists(release: Release) -> list[tuple[Path, np.ndarray, np.ndarray]]:
+    """(path, template ids, subject ids) of gallery 1, gallery 2 and the probes, checked against the rows."""
+    known = np.unique(release.templates)
+    lists = []
+    for name in ONE_N_FILES[release.target]:
+        path = release.root / "meta" / name
+        tids, sids = read_1n_list(path)
+        template_index(known, tids, str(path))
+        lists.append((path, tids, sids))
+    return lists
+
+
+def identification(release: Release, template_feats: np.ndarray, unique_templates: np.ndarray,
+                   lists: list | None = None) -> dict:
     """1:N over both galleries separately (the other gallery's subjects as non-mated probes), and their mean."""
-    files = [release.root / "meta" / name for name in ONE_N_FILES[release.target]]
-    lists = [read_1n_list(p) for p in files]
-    probe_t, probe_s = lists[2]
-    probes = template_feats[template_index(unique_templates, probe_t, str(files[2]))]
+    lists = lists or read_1n_lists(release)
+    probe_path, probe_t, probe_s = lists[2]
+    probes = template_feats[template_index(unique_templates, probe_t, str(probe_path))]
     result = {"galleries": {}}
-    for (tids, sids), path in zip(lists[:2], files[:2]):
+    for path, tids, sids in lists[:2]:
         gallery = template_feats[template_index(unique_templates, tids, str(path))]
-        name = path.stem.rsplit("_", 1)[-1]
-        result["galleries"][name] = gallery_metrics(probes @ gallery.T, probe_s, sids)
+        result["galleries"][path.stem.rsplit("_", 1)[-1]] = gallery_metrics(probes @ gallery.T, probe_s, sids)
     result["mean"] = _mean_metrics(list(result["galleries"].values()))
     return result
 
@@ -983,14 +1024,44 @@ def run(args: argparse.Namespace) -> dict:
     target = args.target.upper()
     release = read_release(args.image_path, target)
     result_dir = default_result_dir(args)
+    lists = read_1n_lists(release) if args.one_n else None
+    print(f"{target}: {len(release.names)} crops, {np.unique(release.templates).size} templates, "
+          f"{release.labels.size} pairs ({int(release.labels.sum())} genuine)")
+    features, bad_rows, timings = _features(args, release)
+    chosen = Switches(flip=args.flip_test, norm=args.norm_score, detector_score=args.detector_score)
+    t0 = time.perf_counter()
+    results = {s: verify(release, features, s) for s in (ALL_SWITCHES if args.all_switches else (chosen,))}
+    timings["scoring_s"] = time.perf_counter() - t0
+    main = results[chosen]
+    label = _row_label(args)
+    print(tar_table([(f"{label}-{target}" if not args.all_switches else f"{label}-{s.code}-{target}", v.tar)
+                     for s, v in results.items()]))
+    print(f"AUC {main.auc * 100:.4f} %" + (f" ({chosen.code})" if args.all_switches else ""))
+    payload = {"kind": "ijb", "target": target, "name": f"{label}-{target}", "label": label,
+               "model": args.model or args.onnx or args.features, "network": args.network,
+               "image_path": str(release.root), **_verification_dict(main), "switch_code": chosen.code,
+               "crops": len(release.names), "templates": int(main.unique_templates.size),
+               "pairs": int(release.labels.size), "genuine": int(release.labels.sum()),
+               "embedding_size": features.shape[1] // 2, "bad_crops": [release.names[r] for r in bad_rows],
+               "opencv": cv2.__version__}
+    if args.all_switches:
+        payload["all_switches"] = {s.code: _verification_dict(v) for s, v in results.items()}
+    if args.one_n:
+        payload["identification"] = identification(release, main.template_feats, main.unique_templates, lists)
+        print(identification_table(payload["identification"]))
+    payload["timings"] = {**timings, "total_s": time.perf_counter() - t_start}
+    _write_outputs(result_dir, target, payload, main, features,
+                   save_features=not (args.features or args.no_save_features))
+    return payload
+
+
+def _features(args: argparse.Namespace, release: Release) -> tuple[np.ndarray, list[int], dict]:
+    """Per-row features from --features or from the model; bad rows reported (10 named)."""
     n = len(release.names)
-    print(f"{target}: {n} crops, {np.unique(release.templates).size} templates, {release.labels.size} pairs "
-          f"({int(release.labels.sum())} genuine)")
-    timings = {}
     if args.features:
         features = _load_features(args.features, n)
         bad_rows = [int(r) for r in np.flatnonzero(~usable_rows(features))]
-        bad_reasons = ["in features file"] * len(bad_rows)
+        bad_reasons, timings = ["NaN in the features file"] * len(bad_rows), {}
     else:
         skip = missing_crops(release)
         check_bad_budget(list(np.flatnonzero(skip)), ["missing"] * int(skip.sum()), n, args.max_bad, release.names)
@@ -999,7 +1070,7 @@ def run(args: argparse.Namespace) -> dict:
         emb = embed_release(release, backbone, args.batch_size, args.workers, device, args.max_bad, skip,
                             progress=not args.no_progress)
         features, bad_rows, bad_reasons = emb.features, emb.bad_rows, emb.bad_reasons
-        timings.update(embedding_s=emb.total_seconds, model_s=emb.model_seconds)
+        timings = {"embedding_s": emb.total_seconds, "model_s": emb.model_seconds}
         print(f"embedded {n} crops and mirrors in {emb.total_seconds:.1f} s (model {emb.model_seconds:.1f} s), "
               f"{features.shape[1] // 2}-d")
     for row, why in list(zip(bad_rows, bad_reasons))[:10]:
@@ -1008,35 +1079,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"warning: {len(bad_rows) - 10} more crops skipped")
     if len(bad_rows) == n:
         raise IJBDataError(f"none of the {n} crops could be used")
-    chosen = Switches(flip=args.flip_test, norm=args.norm_score, detector_score=args.detector_score)
-    t0 = time.perf_counter()
-    combos = ALL_SWITCHES if args.all_switches else (chosen,)
-    results = {s: verify(release, features, s) for s in combos}
-    timings["scoring_s"] = time.perf_counter() - t0
-    main = results[chosen]
-    label = _row_label(args)
-    row_name = f"{label}-{target}"
-    rows = [(row_name if s == chosen and not args.all_switches else f"{label}-{s.code}-{target}", v.tar)
-            for s, v in results.items()]
-    print(tar_table(rows))
-    print(f"AUC {main.auc * 100:.4f} %" + ("" if not args.all_switches else f" ({chosen.code})"))
-    payload = {"kind": "ijb", "target": target, "name": row_name, "label": label,
-               "model": args.model or args.onnx or args.features, "network": args.network,
-               "image_path": str(release.root), **_verification_dict(main),
-               "switch_code": chosen.code, "crops": n, "templates": int(np.unique(release.templates).size),
-               "pairs": int(release.labels.size), "genuine": int(release.labels.sum()),
-               "embedding_size": features.shape[1] // 2, "bad_crops": [release.names[r] for r in bad_rows],
-               "opencv": cv2.__version__}
-    if args.all_switches:
-        payload["all_switches"] = {s.code: _verification_dict(v) for s, v in results.items()}
-    if args.one_n:
-        payload["identification"] = identification(release, main.template_feats, main.unique_templates)
-        print(identification_table(payload["identification"]))
-    timings["total_s"] = time.perf_counter() - t_start
-    payload["timings"] = timings
-    _write_outputs(result_dir, target, payload, main, features, save_features=not (args.features or
-                                                                                    args.no_save_features))
-    return payload
+    return features, bad_rows, timings
 
 
 def _load_features(path: str, n: int) -> np.ndarray:

@@ -173,25 +173,31 @@ def test_similarity_matrices_bit_identical_to_skimage():
     lm = np.einsum("nij,kj->nki", rot * scale[:, None, None], pts) + rng.uniform(40, 300, (300, 1, 2))
     lm = np.round(lm + rng.normal(0, 2, lm.shape), 3).astype(np.float32)
     lm[5] = lm[5, :, ::-1]                                  # a mirrored (reflection) landmark set
+    lm[6] = np.float32([[10, 20], [30, 20], [50, 20], [70, 20], [90, 20]])     # collinear: rank 1
+    lm[7] = np.float32([[10, 20], [20, 10], [30, 0], [40, -10], [50, -20]])
+    lm[8] = 42.0                                            # one point five times: rank 0, NaN matrix
     got = ijb.similarity_matrices(lm)
     for i in range(len(lm)):
         t = trans.SimilarityTransform()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t.estimate(lm[i], ijb.REFERENCE_POINTS)
-        assert np.array_equal(got[i], t.params[:2]), i
+        assert np.array_equal(got[i], t.params[:2], equal_nan=True), i
+    assert np.isnan(got[8]).all() and not np.isnan(got[:8]).any()
 
 
 def test_aligned_crops_equal_reference_pixels(release_dir):
     release = ijb.read_release(release_dir, "IJBC")
     batches = ijb.AlignedCropBatches(release.crop_paths(), ijb.similarity_matrices(release.landmarks), 16,
                                      np.zeros(len(release.names), bool))
-    crops = torch.cat([batches[i][1] for i in range(len(batches))]).numpy()
-    assert crops.shape == (len(release.names), 3, 112, 112)
+    parts = [batches[i][1].numpy() for i in range(len(batches))]
+    crops = np.concatenate([p[:len(p) // 2] for p in parts])
+    mirrors = np.concatenate([p[len(p) // 2:] for p in parts])
+    assert crops.shape == mirrors.shape == (len(release.names), 3, 112, 112)
     for row in range(len(release.names)):
         blob = ref_align(str(release.crop_dir / release.names[row]), release.landmarks[row])
         assert np.array_equal(crops[row], blob[0]), release.names[row]
-        assert np.array_equal(crops[row][:, :, ::-1], blob[1])
+        assert np.array_equal(mirrors[row], blob[1])
     assert (crops.reshape(len(crops), -1).min(1) == 0).any()        # some warp reaches the black border
 
 
@@ -541,3 +547,23 @@ def test_ijbb_layout_same_code(tmp_path):
     result = ijb.identification(release, v.template_feats, v.unique_templates)
     assert set(result["galleries"]) == {"S1", "S2"}
     assert all(g["mated_probes"] == 2 and g["nonmated_probes"] == 2 for g in result["galleries"].values())
+
+
+def test_benchmark_baseline_transcription_agrees(release_dir):
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_ijb
+    orig = bench_ijb.run_original(release_dir, "IJBC", batch_size=16)
+    ours = bench_ijb.run_project(release_dir, "IJBC", batch_size=16, workers=0)
+    assert orig["tar"] == ours["tar"]
+    np.testing.assert_allclose(orig["score"], ours["score"], rtol=0, atol=1e-6)
+    assert set(orig["times"]) <= set(ours["times"]) and ours["times"]["model_s"] > 0
+
+
+def test_1n_lists_checked_before_the_model(release_dir, tmp_path, capsys):
+    root = _copy_release(release_dir, tmp_path / "IJBC")
+    (root / "meta" / "ijbc_1N_gallery_G2.csv").unlink()
+    args = ["--onnx", str(tmp_path / "absent.onnx"), "--image-path", str(root), "--result-dir", str(tmp_path / "o")]
+    assert ijb.main([*args, "--1n"]) == 2
+    assert "ijbc_1N_gallery_G2.csv: 1:N list not found" in capsys.readouterr().err
+    assert ijb.main(args) == 2                                  # without --1n the model is the first problem
+    assert "absent.onnx: file not found" in capsys.readouterr().err
