@@ -21,6 +21,7 @@ from utils.checkpoint import (OutputLock, StopRequest, atomic_save, checkpoint_p
                               load_checkpoint, prepare_output, remove_failed_output, remove_stale_temporaries,
                               rng_states, save_rank_checkpoint, set_rng_states)
 from utils.data_check import check_data_vs_config, check_val_targets, inspect_data, resolve_auto
+from utils.demo_data import ensure_demo_data
 from utils.errors import ArcFaceError
 from utils.utils_callbacks import CallBackLogging, CallBackVerification, build_metric_writers
 from utils.run_config import describe_run, write_run_config
@@ -66,6 +67,8 @@ def main(args: argparse.Namespace) -> None:
 def train(cfg, info, progress: dict | None = None) -> None:
     """Build, loop, save; ``progress["started"]`` turns True when the first step begins."""
     # Data first: every disagreement between data and config stops here, before any heavy work.
+    if cfg.demo_data:
+        ensure_demo_data(cfg.rec, info.is_main, info.distributed)
     data_info = inspect_data(cfg.rec)
     resolve_auto(cfg, data_info)
     for warning in check_data_vs_config(cfg, data_info, info.world_size) + check_val_targets(cfg) + \
@@ -184,7 +187,7 @@ def train(cfg, info, progress: dict | None = None) -> None:
                     callback_logging.exclude(time.time() - tic)
                 if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
                     save_checkpoint(epoch, batch_in_epoch)
-                if stop.agreed(info.distributed, info.device):
+                if stop.agreed(info.distributed, info.device, global_step, cfg.frequent):
                     save_checkpoint(epoch, batch_in_epoch, resumable=True)
                     raise TrainingStopped(f"stopped by {stop.signal_name} at global step {global_step}; "
                                           f"checkpoint written to {checkpoint_path(cfg.output, info.rank)}: "
@@ -212,12 +215,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """The command line (``python train_v2.py`` and ``arcface-train``): exit 0, 2 on bad input, 3 when stopped."""
     try:
-        main(parse_args())
+        main(parse_args(argv))
     except ArcFaceError as err:
         for handler in logging.getLogger().handlers:  # keep the reason in training.log too
             if isinstance(handler, logging.FileHandler):
                 handler.handle(logging.makeLogRecord({"msg": f"error: {err}", "levelno": logging.ERROR}))
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(3 if isinstance(err, TrainingStopped) else 2)
+        return 3 if isinstance(err, TrainingStopped) else 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -51,6 +51,7 @@ config.image_size = (112, 112)          # new: only 112x112 aligned faces are su
 config.dali = False                     # NVIDIA DALI data loading (GPU decode when CUDA is present)
 config.dali_aug = False
 config.num_workers = 2
+config.demo_data = False               # new: generate the built-in demo data set in `rec` when missing (configs/demo.py)
 config.max_bad_samples = 0              # new: undecodable records to skip (with a warning each) before stopping
 
 # Augmentation (new keys; the original always flips and does nothing else)

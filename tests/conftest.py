@@ -33,5 +33,5 @@ def spec_dir() -> Path:
 def mxnet_python() -> Path:
     """The interpreter of the MXNet 1.9.1 side environment; .ci/run creates it."""
     if not MXNET_PYTHON.exists():
-        pytest.fail(f"MXNet side environment missing: {MXNET_PYTHON} (run bash .ci/setup_mxnet)")
+        pytest.fail(f"MXNet side environment missing: {MXNET_PYTHON} (run bash .ci/setup)")
     return MXNET_PYTHON

@@ -198,3 +198,51 @@ def test_temporaries_of_killed_saves_are_removed_and_live_ones_kept(tmp_path):
     removed = remove_stale_temporaries(str(tmp_path), 0)
     assert sorted(Path(p).name for p in removed) == sorted(names[:3])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[3:])   # a live save, rank 1's, the real one
+
+
+def _cadence_worker(rank: int, world: int, root: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29541")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from utils.checkpoint import StopRequest
+        calls = {"n": 0}
+        real = dist.all_reduce
+
+        def counting(*args, **kwargs):
+            calls["n"] += 1
+            return real(*args, **kwargs)
+
+        dist.all_reduce = counting
+        stop, stopped_at = StopRequest(), None
+        for step in range(1, 21):
+            if rank == 1 and step == 7:
+                stop.signal_name = "SIGTERM"
+            if stop.agreed(True, torch.device("cpu"), step, every=5):
+                stopped_at = step
+                break
+        dist.all_reduce = real
+        Path(root, f"rank{rank}.txt").write_text(f"{calls['n']} {stopped_at} {stop.signal_name}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_on_a_stop_only_every_logging_interval(tmp_path):
+    """One all-reduce (a host sync) per `frequent` steps, not per step; a signal at step 7 stops both at 10."""
+    mp.spawn(_cadence_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "rank0.txt").read_text() == "2 10 signal on another rank"
+    assert (tmp_path / "rank1.txt").read_text() == "2 10 SIGTERM"
+
+
+def test_a_second_node_says_it_joined(tmp_path, tiny_data):  # noqa: F811
+    """Two torchrun "nodes" on this machine (static rendezvous); node 1 prints one line saying it joined."""
+    config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", batch_size=8, num_epoch=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1", ARCFACE_DEVICE="cpu")
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+                               "--nproc_per_node=1", "--master_addr=127.0.0.1", "--master_port=29547",
+                               "train_v2.py", str(config)], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for node in (0, 1)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in nodes]
+    assert [proc.returncode for proc in nodes] == [0, 0], outputs[1][-3000:]
+    joined = [line for line in outputs[1].splitlines() if "joined" in line]
+    assert joined == ["node 1 joined: ranks from 1 of world size 2, master 127.0.0.1:29547, backend gloo"], joined
+    assert "joined" not in outputs[0]

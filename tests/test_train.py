@@ -61,7 +61,7 @@ def stop_at_step(monkeypatch, step: int) -> None:
     """Simulate a SIGTERM arriving during global step ``step`` (the loop checks once per step)."""
     calls = {"n": 0}
 
-    def agreed(self, distributed, device):
+    def agreed(self, distributed, device, step=0, every=1):
         calls["n"] += 1
         if calls["n"] == step:
             self.signal_name = "SIGTERM"
@@ -267,3 +267,15 @@ def test_freed_cpu_memory_is_reused_instead_of_page_faulted_again():
         counts[mode] = int(result.stdout.split()[-1])
     # measured: ~157,000 page faults in 3 steps by default, ~6,000 with freed memory kept
     assert counts["on"] * 5 < counts["off"], counts
+
+
+def test_demo_data_key_generates_the_data_before_the_data_check(tmp_path, monkeypatch):
+    """configs/demo.py sets demo_data = True: train_v2 generates the data set (here a small one) on first use."""
+    import utils.demo_data as demo
+    made = []
+    monkeypatch.setattr(demo, "make_demo_dataset", lambda root: made.append(root) or make_demo_dataset(
+        root, num_ids=8, images_per_id=8, num_val_ids=6, num_pairs=20, seed=1))
+    config = write_config(tmp_path / "c.py", tmp_path / "data", tmp_path / "out", num_epoch=1, demo_data=True)
+    run_main(config)
+    assert made == [str(tmp_path / "data")] and (tmp_path / "data" / "train.rec").exists()
+    assert "training done: 4 steps" in (tmp_path / "out" / "training.log").read_text()

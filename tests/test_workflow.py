@@ -126,3 +126,20 @@ def test_readme_commands_name_existing_tools_and_options():
         help_text = run(*tool, "--help", timeout=120).stdout
         for option in (a.split("=")[0] for a in args if a.startswith("--")):
             assert option in help_text, f"README uses {option} but `{' '.join(tool)} --help` lacks it"
+
+
+def test_tools_run_from_any_folder(tmp_path):
+    """`pip install -e .` (in .ci/setup) puts the tools on PATH; `python -m` works outside the checkout."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    bindir = Path(sys.executable).parent
+    for command in ([str(bindir / "arcface-train"), "--help"], [str(bindir / "arcface-eval"), "--help"],
+                    [str(bindir / "arcface-im2rec"), "--help"], [str(bindir / "arcface-export"), "--help"],
+                    [sys.executable, "-m", "eval.verification", "--help"], [sys.executable, "-m", "im2rec", "--help"]):
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0 and "usage:" in result.stdout, (command, result.stderr[-1500:])
+    config = tmp_path / "c.py"
+    config.write_text("from easydict import EasyDict as edict\nconfig = edict()\nconfig.lr_rate = 0.1\n")
+    result = subprocess.run([str(bindir / "arcface-train"), str(config)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.returncode == 2 and "unknown config key 'lr_rate' in" in result.stderr and \
+        "did you mean 'lr'?" in result.stderr, result.stderr

@@ -307,10 +307,17 @@ class StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal_name = signal.Signals(signum).name
 
-    def agreed(self, distributed: bool, device: torch.device) -> bool:
-        """True on every rank when any rank was signalled."""
+    def agreed(self, distributed: bool, device: torch.device, step: int = 0, every: int = 1) -> bool:
+        """True on every rank when any rank was signalled; with several ranks checked every ``every`` steps.
+
+        The check is an all-reduce and a host sync, so ranks agree only at steps that are multiples of
+        ``every`` (the logging interval: the loss is read there anyway), keeping the other steps free of
+        syncs; a stop then waits at most ``every`` steps.
+        """
         if not distributed:
             return self.signal_name is not None
+        if step % every:
+            return False
         flag = torch.tensor([1.0 if self.signal_name else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() > 0 and self.signal_name is None:

@@ -141,6 +141,15 @@ def make_demo_dataset(root: str, num_ids: int = 200, images_per_id: int = 30, nu
     return {"num_classes": num_ids, "num_image": num_ids * images_per_id}
 
 
+def ensure_demo_data(root: str, is_main: bool, distributed: bool) -> None:
+    """``demo_data = True``: rank 0 generates the demo data in ``root`` when missing; the others wait."""
+    if is_main:
+        make_demo_dataset(root)
+    if distributed:
+        import torch.distributed as dist
+        dist.barrier()
+
+
 if __name__ == "__main__":
     import argparse
 

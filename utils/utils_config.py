@@ -46,7 +46,11 @@ def _load_module(path: Path) -> ModuleType:
 
 
 def _closest(key: str, valid: Iterable[str]) -> str:
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    """'; did you mean ...?' for a mistyped key: a valid key it extends ('lr_rate' -> 'lr'), else the closest."""
+    valid = list(valid)
+    extended = [k for k in valid if key.startswith(k + "_") or key.endswith("_" + k)]
+    match = (difflib.get_close_matches(key, valid, n=1, cutoff=0.85) or sorted(extended, key=len)[-1:]
+             or difflib.get_close_matches(key, valid, n=1, cutoff=0.5))
     return f"; did you mean '{match[0]}'?" if match else ""
 
 

@@ -56,6 +56,11 @@ def setup(local_rank: int | None = None) -> DistInfo:
         else:
             dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
                                     world_size=world_size)
+    node = int(os.environ.get("GROUP_RANK", 0))
+    if node > 0 and local_rank == 0:   # rank 0 logs the run; the other nodes say once that they are in
+        print(f"node {node} joined: ranks from {dist.get_rank()} of world size {dist.get_world_size()}, master "
+              f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}, backend {backend}",
+              file=sys.stderr, flush=True)
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), device, backend)
 
 
