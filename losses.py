@@ -158,15 +158,80 @@ def _cos_plus(cos: torch.Tensor, margin) -> torch.Tensor:
     return cos * torch.cos(margin) - _safe_sqrt(1.0 - cos * cos) * torch.sin(margin)
 
 
-def _scaled_with_target(logits: torch.Tensor, valid: torch.Tensor, cols: torch.Tensor, target: torch.Tensor,
-                        s: float) -> torch.Tensor:
-    """``s * logits`` with the target column of valid rows replaced by ``s * target`` (differentiable).
+class _Clamped:
+    """Non-target cosines clamped to [low, high], zero gradient where clamped (AdaFace)."""
 
-    One new (N, C) tensor: the target is written in place into the scaled copy.
+    def __init__(self, low: float, high: float):
+        self.low, self.high = low, high
+
+    def forward(self, cos: torch.Tensor) -> torch.Tensor:
+        return cos.clamp(self.low, self.high)
+
+    def backward(self, cos: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if self.low == -self.high:  # one comparison pass instead of two
+            return grad.masked_fill_(cos.abs() > self.high, 0.0)
+        return grad.masked_fill_((cos < self.low) | (cos > self.high), 0.0)
+
+
+class _HardNegatives:
+    """Cosines above their row's ``phi`` become cos * (t + cos), derivative t + 2 cos (CurricularFace)."""
+
+    def __init__(self, phi: torch.Tensor, t: torch.Tensor):
+        self.phi, self.t = phi, t
+
+    def forward(self, cos: torch.Tensor) -> torch.Tensor:
+        return torch.where(cos > self.phi, (cos + self.t).mul_(cos), cos)
+
+    def backward(self, cos: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        factor = (2 * cos).add_(self.t).masked_fill_(cos <= self.phi, 1.0)
+        return grad.mul_(factor)
+
+
+class _MarginLogits(torch.autograd.Function):
+    """``s * g(cos)`` with the target column of valid rows replaced by ``s * target_fn(cos_y, *inputs)``.
+
+    Differentiated as written (autograd), but as one (N, C) output and one (N, C) gradient: the
+    target, a function of N cosines, is differentiated on its own small graph instead of through a
+    gather whose backward would build another dense (N, C) gradient. ``g`` is the identity or
+    ``negatives`` (an object with forward(cos) and backward(cos, grad)).
     """
-    kept = logits.gather(1, cols) * s  # from logits, not out: gather keeps its input for backward
-    out = logits * s
-    return out.scatter_(1, cols, torch.where(valid, (target * s).to(out.dtype), kept))
+
+    @staticmethod
+    def forward(ctx, cos, cols, valid, s, target_fn, negatives, *inputs):
+        with torch.no_grad():
+            out = cos * s if negatives is None else negatives.forward(cos).mul_(s)
+            kept = out.gather(1, cols)
+        leaves = [cos.detach().gather(1, cols).to(_work_dtype(cos)).requires_grad_(True)]
+        leaves += [x.detach().requires_grad_(x.requires_grad) for x in inputs]
+        with torch.enable_grad():
+            target = target_fn(*leaves)
+        out.scatter_(1, cols, torch.where(valid, (target.detach() * s).to(out.dtype), kept))
+        ctx.save_for_backward(cos, cols, valid)
+        ctx.inner = (target, leaves)
+        ctx.s, ctx.negatives = s, negatives
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        cos, cols, valid = ctx.saved_tensors
+        target, leaves = ctx.inner
+        grad = grad_out * ctx.s
+        if ctx.negatives is not None:
+            grad = ctx.negatives.backward(cos, grad)
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        grad_target = (grad_out.gather(1, cols) * ctx.s).masked_fill_(~valid, 0.0).to(target.dtype)
+        grads = iter(torch.autograd.grad(target, wanted, grad_target, allow_unused=True))
+        grads = [next(grads) if leaf.requires_grad else None for leaf in leaves]
+        grad_cos = grads[0] if grads[0] is not None else torch.zeros_like(leaves[0])
+        grad.scatter_(1, cols, torch.where(valid, grad_cos.to(grad.dtype), grad.gather(1, cols)))
+        ctx.inner = None
+        return (grad, None, None, None, None, None, *grads[1:])
+
+
+def _margin_logits(logits: torch.Tensor, labels: torch.Tensor, s: float, target_fn: Callable, *inputs,
+                   negatives=None) -> torch.Tensor:
+    valid, cols = _rows(labels)
+    return _MarginLogits.apply(logits, cols, valid, s, target_fn, negatives, *inputs)
 
 
 class MarginHead(torch.nn.Module):
@@ -215,9 +280,15 @@ class AdaFace(MarginHead):
                 self.batch_std.mul_(1 - self.t_alpha).add_(self.t_alpha * n.std())
             return (self.h * (n - self.batch_mean) / (self.batch_std + EPS)).clamp(-1, 1)
 
+    def target(self, cos: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        theta = torch.acos(cos.clamp(-1 + EPS, 1 - EPS))
+        return torch.cos((theta - self.m * z).clamp(EPS, math.pi - EPS)) - (self.m + self.m * z)
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-        valid, cols = _rows(labels)
         z = self.quality(norms).to(_work_dtype(logits))
+        if not self.straight_through:
+            return _margin_logits(logits, labels, self.s, self.target, z, negatives=_Clamped(-1 + EPS, 1 - EPS))
+        valid, cols = _rows(labels)
         if self.straight_through:  # like CombinedMarginLoss: the target is overwritten outside autograd
             out = logits * self.s
             with torch.no_grad():
@@ -225,10 +296,6 @@ class AdaFace(MarginHead):
                 target = (torch.cos(theta - self.m * z) - (self.m + self.m * z)) * self.s
                 out.scatter_(1, cols, torch.where(valid, target.to(out.dtype), out.gather(1, cols)))
             return out
-        cos = logits.clamp(-1 + EPS, 1 - EPS)
-        theta = torch.acos(cos.gather(1, cols).to(z.dtype))
-        target = torch.cos((theta - self.m * z).clamp(EPS, math.pi - EPS)) - (self.m + self.m * z)
-        return _scaled_with_target(cos, valid, cols, target, self.s)
 
 
 class MagFace(MarginHead):
@@ -250,17 +317,15 @@ class MagFace(MarginHead):
     def margin(self, a: torch.Tensor) -> torch.Tensor:
         return (self.u_m - self.l_m) / (self.u_a - self.l_a) * (a - self.l_a) + self.l_m
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-        valid, cols = _rows(labels)
-        a = norms.reshape(-1, 1).to(_work_dtype(logits)).clamp(self.l_a, self.u_a)
-        m = self.margin(a)
-        cos = logits.gather(1, cols).to(a.dtype)
+    def target(self, cos: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        m = self.margin(norms.reshape(-1, 1).to(cos.dtype).clamp(self.l_a, self.u_a))
         phi = _cos_plus(cos, m)
         if self.easy_margin:
-            target = torch.where(cos > 0, phi, cos)
-        else:
-            target = torch.where(cos > torch.cos(math.pi - m), phi, cos - m * torch.sin(m))
-        return _scaled_with_target(logits, valid, cols, target, self.s)
+            return torch.where(cos > 0, phi, cos)
+        return torch.where(cos > torch.cos(math.pi - m), phi, cos - m * torch.sin(m))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        return _margin_logits(logits, labels, self.s, self.target, norms)
 
     def regularizer(self, norms: torch.Tensor) -> torch.Tensor:
         """lambda_g * mean of g(a) over the given rows (PartialFC_V2 passes the rank's own rows)."""
@@ -285,18 +350,15 @@ class CurricularFace(MarginHead):
         self.register_buffer("t", torch.zeros(1))
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, target_cos: torch.Tensor) -> torch.Tensor:
-        valid, cols = _rows(labels)
         with torch.no_grad():
             every_target = target_cos.detach().reshape(-1, 1).to(_work_dtype(logits))
             if self.training:
                 self.t.mul_(1 - self.momentum).add_(self.momentum * every_target.mean())
-            hard = logits > _cos_plus(every_target, self.m).to(logits.dtype)
-            t = self.t.to(logits.dtype)
-        modulated = torch.where(hard, logits * (t + logits), logits)
-        cos = logits.gather(1, cols).to(_work_dtype(logits))
-        target = torch.where(cos > math.cos(math.pi - self.m), _cos_plus(cos, self.m),
-                             cos - self.m * math.sin(self.m))
-        return _scaled_with_target(modulated, valid, cols, target, self.s)
+            hard = _HardNegatives(_cos_plus(every_target, self.m).to(logits.dtype), self.t.to(logits.dtype))
+        return _margin_logits(logits, labels, self.s, self.target, negatives=hard)
+
+    def target(self, cos: torch.Tensor) -> torch.Tensor:
+        return torch.where(cos > math.cos(math.pi - self.m), _cos_plus(cos, self.m), cos - self.m * math.sin(self.m))
 
 
 class _ElasticFace(MarginHead):
@@ -351,10 +413,7 @@ class _ElasticFace(MarginHead):
         return margins.view(-1, 1)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, target_cos: torch.Tensor | None = None):
-        valid, cols = _rows(labels)
-        margins = self.margins(logits, target_cos)
-        target = self.target(logits.gather(1, cols).to(margins.dtype), margins)
-        return _scaled_with_target(logits, valid, cols, target, self.s)
+        return _margin_logits(logits, labels, self.s, self.target, self.margins(logits, target_cos))
 
 
 class ElasticFaceArc(_ElasticFace):
@@ -403,6 +462,42 @@ class SubcenterArcFace(CombinedMarginLoss):
         return f"s={self.s}, m={self.m}, k={self.k}"
 
 
+class UniFace(MarginHead):
+    """UniFace (ICCV 2023): unified cross-entropy with a learnable bias b, not a softmax.
+
+    Per row: softplus(-clamp(s (cos_y - m) - b, -s, s)) + lambda_ * sum over the other classes of
+    softplus(clamp(s cos_j - b, -s, s)); gradient autograd (zero outside the clamps). ``forward``
+    returns the sum of this rank's terms (its positives and its columns); PartialFC_V2 divides by
+    the global batch, reports the all-reduced value and sums b's gradient over ranks
+    (``replicated_parameters``). b starts at log(num_classes * r * 10) (``init_bias``).
+    """
+
+    name = "uniface"
+    replaces_cross_entropy = True
+
+    def __init__(self, s: float = 64.0, m: float = 0.4, lambda_: float = 1.0, r: float = 1.0):
+        super().__init__()
+        self._params(s=s, m=m, lambda_=lambda_, r=r)
+        self.bias = torch.nn.Parameter(torch.zeros(1))
+
+    def init_bias(self, num_classes: int) -> None:
+        with torch.no_grad():
+            self.bias.fill_(math.log(num_classes * self.r * 10))
+
+    def replicated_parameters(self) -> list[torch.nn.Parameter]:
+        return [self.bias]
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        valid, cols = _rows(labels)
+        cos = logits.to(_work_dtype(logits))
+        bias = self.bias.to(cos.dtype)
+        negative = torch.nn.functional.softplus((self.s * cos - bias).clamp(-self.s, self.s), threshold=100.0)
+        is_target = torch.zeros_like(cos, dtype=torch.bool).scatter_(1, cols, valid)
+        positive = (self.s * (cos.gather(1, cols) - self.m) - bias).clamp(-self.s, self.s)
+        positive = torch.nn.functional.softplus(-positive, threshold=100.0).masked_fill(~valid, 0.0)
+        return positive.sum() + self.lambda_ * negative.masked_fill(is_target, 0.0).sum()
+
+
 def _combined(s: float, margin_list, interclass_filtering_threshold: float) -> CombinedMarginLoss:
     if len(margin_list) != 3:
         raise ConfigError(f"margin_list must hold 3 numbers (m1, m2, m3), got {margin_list!r}")
@@ -419,6 +514,7 @@ MARGINS: dict[str, Callable[..., torch.nn.Module]] = {
     "elasticface_arc": ElasticFaceArc,
     "elasticface_cos": ElasticFaceCos,
     "subcenter_arcface": SubcenterArcFace,
+    "uniface": UniFace,
 }
 
 

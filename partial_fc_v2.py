@@ -25,6 +25,9 @@ gradient). A head with ``k > 1`` (sub-center ArcFace) has ``num_local * k`` weig
 ``c * k + j`` being sub-centre j of local class c; sampling keeps a class's k rows together and
 the class cosine is the maximum over them. A head's ``regularizer`` (MagFace) is added to the
 loss, computed from the rank's own rows so that its gradient is counted once over the ranks.
+A head with ``replaces_cross_entropy`` (UniFace) returns the sum of its own loss terms instead of
+logits; the loss is their global mean, and the gradients of its ``replicated_parameters`` are
+summed over ranks.
 
 The step is free of device synchronisation when ``int(sample_rate * num_local)`` is at least the
 global batch size (always true in practice); below that, a positive count is read each step.
@@ -224,6 +227,10 @@ class PartialFC_V2(torch.nn.Module):
         self.k = _centres_per_class(margin_loss)
         self.weight = torch.nn.Parameter(torch.normal(0, 0.01, (self.num_local * self.k, self.embedding_size)))
         self.margin_softmax = margin_loss
+        if hasattr(margin_loss, "init_bias"):
+            margin_loss.init_bias(int(num_classes))
+        for parameter in getattr(margin_loss, "replicated_parameters", list)():
+            parameter.register_hook(_summed_over_ranks)  # each rank's loss holds only its columns' terms
 
     def extra_repr(self) -> str:
         centres = f", centres_per_class={self.k}" if self.k > 1 else ""
@@ -294,6 +301,8 @@ class PartialFC_V2(torch.nn.Module):
                 extras["norms"] = torch.linalg.vector_norm(embeddings, dim=1)
             if "target_cos" in needs:
                 extras["target_cos"] = _global_target_cos(logits, labels)
+            if getattr(self.margin_softmax, "replaces_cross_entropy", False):
+                return _global_mean(self.margin_softmax(logits, labels, **extras), labels.size(0))
             logits = self.margin_softmax(logits, labels, **extras)
             loss = self.dist_cross_entropy(logits, labels)
             regularizer = getattr(self.margin_softmax, "regularizer", None)
@@ -330,6 +339,24 @@ def _global_target_cos(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
         target = logits.gather(1, labels.view(-1, 1).clamp_min(0)).masked_fill_(~valid, 0.0).view(-1)
         _all_reduce(target, distributed.ReduceOp.SUM)
     return target
+
+
+def _global_mean(local_sum: torch.Tensor, rows: int) -> torch.Tensor:
+    """A loss summed over this rank's terms, over the N global rows: back-propagated as is, its value
+    the all-reduced total (the same on every rank)."""
+    local = local_sum / rows
+    if _rank_world()[1] == 1:
+        return local
+    total = local.detach().clone()
+    _all_reduce(total, distributed.ReduceOp.SUM)
+    return local + (total - local.detach())
+
+
+def _summed_over_ranks(grad: torch.Tensor) -> torch.Tensor:
+    """Gradient hook of a parameter every rank holds a copy of: the sum of the ranks' gradients."""
+    grad = grad.clone()
+    _all_reduce(grad, distributed.ReduceOp.SUM)
+    return grad
 
 
 def _counted_once(regularizer: Callable, local_embeddings: torch.Tensor, world_size: int) -> torch.Tensor:

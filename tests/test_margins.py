@@ -358,3 +358,52 @@ def test_registry_heads_equal_the_classes():
     target = cos.gather(1, labels.clamp_min(0)[:, None]).view(-1)
     torch.testing.assert_close(get_margin("curricularface").double()(cos, labels, target),
                                CurricularFace().double()(cos, labels, target), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- UniFace
+
+def _softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_uniface_loss_and_gradients_by_hand():
+    """sum of softplus(-clip(s(c_y - m) - b)) + lambda * softplus(clip(s c_j - b)), zero gradient outside the clips."""
+    from losses import UniFace
+
+    cos = _cosines(6, 5, seed=30)
+    cos[0, 1] = -0.95                # s c - b < -s: negative clipped
+    labels = torch.tensor([2, 0, -1, 4, 1, 3])
+    cos[5, 3] = -0.97                # s (c - m) - b < -s: positive clipped
+    head = UniFace(lambda_=0.7).double()
+    head.init_bias(50)
+    b = math.log(50 * 10)
+    assert head.bias.item() == pytest.approx(b, rel=1e-15)
+    cos.requires_grad_(True)
+    loss = head(cos, labels)
+    expected, grad, grad_b = 0.0, torch.zeros_like(cos), 0.0
+    for i, label in enumerate(labels.tolist()):
+        for j in range(cos.size(1)):
+            c = cos[i, j].item()
+            if j == label:
+                z = S * (c - 0.4) - b
+                inside = -S < z < S
+                z = min(max(z, -S), S)
+                expected += _softplus(-z)
+                grad[i, j] = -S * _sigmoid(-z) if inside else 0.0
+                grad_b += _sigmoid(-z) if inside else 0.0
+            else:
+                z = S * c - b
+                inside = -S < z < S
+                z = min(max(z, -S), S)
+                expected += 0.7 * _softplus(z)
+                grad[i, j] = 0.7 * S * _sigmoid(z) if inside else 0.0
+                grad_b -= 0.7 * _sigmoid(z) if inside else 0.0
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    grad_cos, grad_bias = torch.autograd.grad(loss, (cos, head.bias))
+    _close(grad_cos, grad)
+    assert grad_bias.item() == pytest.approx(grad_b, rel=1e-12)
+    assert grad[0, 1] == 0 and grad[5, 3] == 0, "the case must hit both clips"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ HEADS = {  # name -> parameters small enough for the data below (norms around 1.
     "elasticface_arc": {},
     "elasticface_cos_plus": {"plus": True},
     "subcenter_arcface": {"k": 3},
+    "uniface": {"lambda_": 0.5},
 }
 
 
@@ -50,6 +52,7 @@ def reference(head, X, W, labels):
     """float64 loss, dL/dX, dL/dW of ``head`` on the whole batch, without PartialFC_V2."""
     X = X.detach().requires_grad_(True)
     W = W.detach().requires_grad_(True)
+    head.zero_grad(set_to_none=True)
     k = getattr(head, "k", 1)
     cos = (F.normalize(X) @ F.normalize(W).t()).clamp(-1, 1)
     if k > 1:
@@ -60,6 +63,10 @@ def reference(head, X, W, labels):
         extras["norms"] = X.norm(dim=1)
     if "target_cos" in getattr(head, "needs", ()):
         extras["target_cos"] = cos.detach().gather(1, column).view(-1)
+    if getattr(head, "replaces_cross_entropy", False):  # UniFace: its own loss, mean over the rows
+        loss = head(cos, column) / X.size(0)
+        loss.backward()
+        return loss.detach(), X.grad, W.grad
     logits = head(cos, column, **extras)
     loss = F.cross_entropy(logits, labels)
     with torch.no_grad():  # the value floors p at 1e-30 like the distributed cross-entropy; the gradient does not
@@ -73,6 +80,7 @@ def reference(head, X, W, labels):
 
 def _pfc(head, W, num_classes, sample_rate=1.0, rank=0, world=1):
     pfc = PartialFC_V2(head, DIM, num_classes, sample_rate=sample_rate).double()
+    pfc.zero_grad(set_to_none=True)
     k = pfc.k
     start, num_local = shard_range(num_classes, rank, world)
     with torch.no_grad():
@@ -89,25 +97,39 @@ def _states(module) -> dict:
     return {key: value.clone() for key, value in module.state_dict().items() if torch.is_tensor(value)}
 
 
+def _init_like_partial_fc(head, num_classes: int) -> None:
+    """UniFace's bias starts at log(num_classes * r * 10), which PartialFC_V2 sets from the global class count."""
+    if hasattr(head, "init_bias"):
+        head.init_bias(num_classes)
+
+
+def _check_head_parameters(pfc, ref_head) -> None:
+    """The head's own parameters (UniFace's bias): same gradient as the one-process computation."""
+    for name, parameter in ref_head.named_parameters():
+        _close(pfc.margin_softmax.get_parameter(name).grad, parameter.grad)
+
+
 # ---------------------------------------------------------------- one process
 
 @pytest.mark.parametrize("key", sorted(HEADS))
 def test_single_process_equals_plain_computation_over_steps(key):
     num_classes = 9
     head, ref_head = _head(key), _head(key)
+    _init_like_partial_fc(ref_head, num_classes)
     k = getattr(head, "k", 1)
     X, W, labels = _data(10, num_classes, seed=1, k=k)
     pfc = _pfc(head, W, num_classes)
     assert pfc.weight.shape == (num_classes * k, DIM)
     for step in range(3):
         x = (X * (1 + 0.2 * step)).requires_grad_(True)
-        pfc.weight.grad = None
+        pfc.zero_grad(set_to_none=True)
         loss = pfc(x, labels)
         loss.backward()
         ref_loss, ref_dx, ref_dw = reference(ref_head, x.detach(), W, labels)
         _close(loss, ref_loss)
         _close(x.grad, ref_dx)
         _close(pfc.weight.grad, ref_dw)
+        _check_head_parameters(pfc, ref_head)
         for name, value in _states(ref_head).items():
             _close(_states(pfc)[f"margin_softmax.{name}"], value)
 
@@ -119,6 +141,9 @@ def test_head_state_is_saved_with_the_softmax_fc_state_dict():
     assert set(PartialFC_V2(_head("elasticface_arc"), DIM, 5).state_dict()) == {
         "weight", "margin_softmax._extra_state"}
     assert set(PartialFC_V2(get_margin("combined"), DIM, 5).state_dict()) == {"weight"}
+    uniface = PartialFC_V2(_head("uniface"), DIM, 5)
+    assert set(uniface.state_dict()) == {"weight", "margin_softmax.bias"}
+    assert uniface.margin_softmax.bias.item() == pytest.approx(math.log(5 * 1.0 * 10))
 
 
 @pytest.mark.parametrize("key", ["adaface", "curricularface", "elasticface_cos_plus"])
@@ -237,12 +262,13 @@ def _check_head(rank, world, key, sample_rate, seed):
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
     pfc = _pfc(_head(key), W, num_classes, sample_rate, rank, world)
     ref_head = _head(key)
+    _init_like_partial_fc(ref_head, num_classes)
     start, num_local = pfc.class_start, pfc.num_local
     gen = torch.Generator().manual_seed(seed + 1)
     for step in range(3):
         labels = torch.randint(0, num_classes, (world * LOCAL_BATCH,), generator=gen)
         x = (X[rows] * (1 + 0.25 * step)).requires_grad_(True)
-        pfc.weight.grad = None
+        pfc.zero_grad(set_to_none=True)
         loss = pfc(x, labels[rows])
         loss.backward()
         losses = [None] * world
@@ -259,6 +285,7 @@ def _check_head(rank, world, key, sample_rate, seed):
         mine = ((kept >= start) & (kept < start + num_local)).repeat_interleave(k)
         local_rows = (index.view(-1, 1) * k + torch.arange(k)).view(-1)
         _close(pfc.weight.grad[local_rows], ref_dw[mine])
+        _check_head_parameters(pfc, ref_head)
         for name, value in _states(ref_head).items():
             _close(_states(pfc)[f"margin_softmax.{name}"], value)
 
