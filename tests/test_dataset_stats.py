@@ -132,3 +132,92 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     with pytest.raises(DataError, match="synthetic"):
         S.TrainingSet("synthetic")
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# with a model
+# ----------------------------------------------------------------------------------------------
+
+def _embedded(embeddings: np.ndarray, labels: np.ndarray) -> S.Embedded:
+    ids, sums, counts = S.class_sums(embeddings, labels)
+    return S.Embedded(np.arange(len(labels)), embeddings, np.searchsorted(ids, labels), ids, sums, counts)
+
+
+def test_identity_measures_match_the_definitions():
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 5])           # identity 5 has one image
+    e = _embedded(S.unit_rows(rng.normal(size=(len(labels), 8))), labels)
+    m = S.identity_measures(e)
+    own = S.own_mean_cosines(e)
+    cents = []
+    for row, label in enumerate(e.identities):
+        x = e.embeddings[labels == label].astype(np.float64)
+        c = x.sum(0) / np.linalg.norm(x.sum(0))
+        cents.append(c)
+        assert m["consistency"][row] == pytest.approx((x @ c).mean(), abs=1e-6)
+        if len(x) > 1:
+            pairwise = (x @ x.T)[~np.eye(len(x), dtype=bool)].mean()
+            assert m["diversity"][row] == pytest.approx(1 - pairwise, abs=1e-6)
+            for i, j in enumerate(np.flatnonzero(labels == label)):
+                assert own[j] == pytest.approx(np.delete(x @ x[i], i).mean(), abs=1e-6)
+        else:
+            assert np.isnan(m["diversity"][row]) and np.isnan(own[labels == label]).all()
+    sims = np.asarray(cents) @ np.asarray(cents).T
+    np.fill_diagonal(sims, -np.inf)
+    assert np.allclose(m["separability"], sims.max(1), atol=1e-6) and np.array_equal(m["nearest"], sims.argmax(1))
+
+
+class _Names:
+    """The two TrainingSet methods model_stats reads (names and locations), for embeddings made here."""
+
+    def label_name(self, label: int) -> str:
+        return {7: "twin_of_3"}.get(label, f"id{label}")
+
+    def where(self, index: int) -> str:
+        return f"sample {index}"
+
+
+def test_twin_identity_and_mislabelled_image_in_face_like_embeddings():
+    rng = np.random.default_rng(1)
+    vectors = S.unit_rows(rng.normal(size=(7, 64)))
+    vectors = np.vstack([vectors, vectors[3]])                   # identity 7 is identity 3 again
+    labels = np.repeat(np.arange(8), 12)
+    source = labels.copy()
+    source[30] = 5                                               # an image of identity 5 labelled 2
+    noise = rng.normal(size=(len(labels), 64)) / 8.0
+    e = _embedded(S.unit_rows(vectors[source] + 0.8 * noise), labels)
+    section, cases = S.model_stats(_Names(), e, 0.35, "given")
+    assert section["num_twins"] == 1 and section["twins"][0]["identities"] == ["id3", "twin_of_3"]
+    assert section["twins"][0]["mean_cosine"] > 0.5
+    assert section["num_outliers"] == 1
+    outlier = section["outliers"][0]
+    assert outlier["sample"] == "sample 30" and outlier["identity"] == "id2" and outlier["nearest_identity"] == "id5"
+    assert outlier["mean_cosine_nearest"] > 0.35 > outlier["mean_cosine_own"]
+    assert section["per_identity"]["nearest_identity"][3] == "twin_of_3"
+    assert section["separability"]["max"] > 0.9 > section["separability"]["median"]
+
+
+@pytest.mark.slow
+def test_cli_with_a_demo_model_finds_the_planted_twin_and_mislabelled_image(tmp_path, tmp_path_factory, capsys):
+    from tests.test_leakage import EMBEDDING, demo_world
+    world = demo_world(tmp_path_factory.getbasetemp())
+    out = tmp_path / "out"
+    assert S.main([str(world.planted), "--model", str(world.model), "--network", "mbf_tiny", "--num-features",
+                   str(EMBEDDING), "--data-dir", str(world.bins), "--targets", "demo_val", "--workers", "0",
+                   "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    stats = json.loads((out / "planted" / "stats.json").read_text())
+    model = stats["model"]
+    assert model["threshold_source"] == "calibrated on demo_val" and model["embedded_images"] == stats["images"]
+    per = model["per_identity"]
+    twin = per["identity"].index("id005_twin")
+    assert per["nearest_identity"][twin] == "id005"
+    assert per["separability"][twin] == max(per["separability"])       # the closest pair of identities
+    assert model["outliers"][0]["sample"].endswith("id020/mislabelled00.jpg")
+    assert model["outliers"][0]["nearest_identity"] == "id010"
+    for name in ("histograms.png", "outliers.png", "twins.png"):
+        assert (out / "planted" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header = next(line for line in printed.splitlines() if line.startswith("| Data set"))
+    assert header.endswith("| Consistency | Diversity | Separability | Twins | Outliers |")
+    row = next(line for line in printed.splitlines() if line.startswith("| planted"))
+    assert row.endswith(f"| {model['num_twins']} | {model['num_outliers']} |")
