@@ -748,6 +748,10 @@ def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
         stats = measure(item, progress=not args.no_progress, model=model, sheets_to=folder)
         write_json(folder / "stats.json", stats)
         plot_histograms(stats, folder / "histograms.png")
+        if "model" in stats:
+            m = stats["model"]
+            print(f"[{name}] threshold {m['threshold']:.4f} ({m['threshold_source']}): {m['num_twins']} pairs of "
+                  f"identities likely one person, {m['num_outliers']} label-noise candidates")
         print(f"wrote {folder / 'stats.json'}, {folder / 'histograms.png'}"
               + (f", {folder / 'outliers.png'}, {folder / 'twins.png'}" if model else ""))
         named.append((name, stats))
