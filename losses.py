@@ -289,13 +289,12 @@ class AdaFace(MarginHead):
         if not self.straight_through:
             return _margin_logits(logits, labels, self.s, self.target, z, negatives=_Clamped(-1 + EPS, 1 - EPS))
         valid, cols = _rows(labels)
-        if self.straight_through:  # like CombinedMarginLoss: the target is overwritten outside autograd
-            out = logits * self.s
-            with torch.no_grad():
-                theta = torch.acos(logits.gather(1, cols).to(z.dtype))
-                target = (torch.cos(theta - self.m * z) - (self.m + self.m * z)) * self.s
-                out.scatter_(1, cols, torch.where(valid, target.to(out.dtype), out.gather(1, cols)))
-            return out
+        out = logits * self.s  # like CombinedMarginLoss: the target is overwritten outside autograd
+        with torch.no_grad():
+            theta = torch.acos(logits.gather(1, cols).to(z.dtype))
+            target = (torch.cos(theta - self.m * z) - (self.m + self.m * z)) * self.s
+            out.scatter_(1, cols, torch.where(valid, target.to(out.dtype), out.gather(1, cols)))
+        return out
 
 
 class MagFace(MarginHead):
