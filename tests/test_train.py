@@ -57,13 +57,13 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
         assert torch.allclose(wa[key].float(), wb[key].float(), atol=atol, rtol=0), key
 
 
-def stop_at_step(monkeypatch, step: int) -> None:
-    """Simulate a SIGTERM arriving during global step ``step`` (the loop checks once per step)."""
+def stop_at_step(monkeypatch, stop_step: int) -> None:
+    """Simulate a SIGTERM arriving during global step ``stop_step`` (the loop checks once per step)."""
     calls = {"n": 0}
 
     def agreed(self, distributed, device, step=0, every=1):
         calls["n"] += 1
-        if calls["n"] == step:
+        if calls["n"] == stop_step:
             self.signal_name = "SIGTERM"
         return self.signal_name is not None
 
