@@ -286,8 +286,8 @@ def load_model(model: str | None, network: str | None, onnx: str | None, num_fea
     import torch
     from eval.verification import OnnxBackbone, load_backbone
     if onnx:
-        if not Path(onnx).is_file():
-            raise DataError(f"--onnx {onnx}: file not found (export one with torch2onnx.py)")
+        from eval.ijb import check_onnx_model
+        check_onnx_model(onnx)              # one float32 N x 3 x 112 x 112 input, N x D out (or one line)
         return OnnxBackbone(onnx)
     return load_backbone(model, network, num_features,
                          torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
@@ -658,10 +658,10 @@ class ModelOptions:
     workers: int = 2
 
 
-def measure(root: str, progress: bool = False, model: ModelOptions | None = None,
+def measure(root: "str | TrainingSet", progress: bool = False, model: ModelOptions | None = None,
             sheets_to: Path | None = None) -> dict:
     """The statistics of one training folder (with ``model``: also the embedding-based ones)."""
-    data = TrainingSet(root)
+    data = root if isinstance(root, TrainingSet) else TrainingSet(root)
     s = scan(data, progress)
     stats = basic_stats(data, s)
     if model is None:
@@ -735,17 +735,21 @@ def _model_options(args: argparse.Namespace) -> ModelOptions | None:
 def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
     """Measure every data set, write the outputs, print and return the summary rows."""
     from eval.report import write_json, write_text
+    inputs = []                      # every folder opened (and every stats.json read) before any measuring
+    for item in args.data:
+        path = Path(item)
+        is_json = path.is_file() and path.suffix == ".json"
+        inputs.append((path, _load_stats(path) if is_json else TrainingSet(item)))
     model = _model_options(args)
     out = Path(args.out)
     named = []
-    for item in args.data:
-        path = Path(item)
-        if path.is_file() and path.suffix == ".json":
-            named.append((path.parent.name, _load_stats(path)))
+    for path, data in inputs:
+        if isinstance(data, dict):
+            named.append((path.parent.name, data))
             continue
         name = path.resolve().name
         folder = out / name
-        stats = measure(item, progress=not args.no_progress, model=model, sheets_to=folder)
+        stats = measure(data, progress=not args.no_progress, model=model, sheets_to=folder)
         write_json(folder / "stats.json", stats)
         plot_histograms(stats, folder / "histograms.png")
         if "model" in stats:

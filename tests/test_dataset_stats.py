@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from eval import dataset_stats as S
+from tests import integrity_worlds as W
 from utils import recordio
 from utils.errors import DataError
 
@@ -197,38 +198,171 @@ def test_twin_identity_and_mislabelled_image_in_face_like_embeddings():
     assert section["separability"]["max"] > 0.9 > section["separability"]["median"]
 
 
-@pytest.mark.slow
-def test_cli_with_a_demo_model_runs_end_to_end(tmp_path, tmp_path_factory, capsys):
-    from tests.test_leakage import EMBEDDING, demo_world
-    world = demo_world(tmp_path_factory.getbasetemp())
+# the command line with a model: a tiny pattern set whose embeddings are known by hand, and the demo data
+
+PATTERN_IMAGES = 6
+
+
+@pytest.fixture()
+def pattern_set(tmp_path):
+    """Identities p0-p5 of 6 pattern images each, planted: a within-identity copy (p1/06 = p1/00), an image of
+    p2 copied into p5 (p5/06), a twin identity (p0_twin: fresh images of p0's pattern), and an image of p4
+    labelled p3 (p3/06); a .bin of 100 pairs of 20 other identities to calibrate on."""
+    rng = np.random.default_rng(3)
+    patterns = W.identity_patterns(26, rng)
+    blocks = {f"p{i}": [W.draw(patterns[i], rng) for _ in range(PATTERN_IMAGES)] for i in range(6)}
+    blocks["p0_twin"] = [W.draw(patterns[0], rng) for _ in range(PATTERN_IMAGES)]
+    blocks["p3"].append(W.draw(patterns[4], rng))
+    images = {name: [W.encode_blocks(b) for b in bs] for name, bs in blocks.items()}
+    images["p1"].append(images["p1"][0])
+    blocks["p1"].append(blocks["p1"][0])
+    images["p5"].append(images["p2"][0])
+    blocks["p5"].append(blocks["p2"][0])
+    root = W.write_folder(tmp_path / "planted", images)
+    test = W.PatternTest.make(patterns[6:], 100, rng)
+    test.write(tmp_path / "bins" / "demo_val.bin")
+    onnx = W.block_mean_onnx(tmp_path / "block_mean.onnx")
+    return root, onnx, tmp_path / "bins", {n: np.stack(b) for n, b in blocks.items()}, test
+
+
+def stats_by_hand(classes: dict[str, np.ndarray], threshold: float) -> dict:
+    """The model statistics from their definitions, on embeddings computed from the pixel blocks."""
+    names = sorted(classes)
+    emb = {n: W.hand_embedding(classes[n]) for n in names}
+    centroid = {n: e.sum(0) / np.linalg.norm(e.sum(0)) for n, e in emb.items()}
+    out = {"consistency": {}, "diversity": {}, "separability": {}, "nearest": {}, "twins": [], "outliers": [],
+           "own": [], "cross": []}
+    for n, e in emb.items():
+        out["consistency"][n] = float((e @ centroid[n]).mean())
+        gram = e @ e.T
+        out["diversity"][n] = float(1 - gram[~np.eye(len(e), dtype=bool)].mean())
+        others = {o: float(centroid[n] @ centroid[o]) for o in names if o != n}
+        out["nearest"][n] = max(others, key=others.get)
+        out["separability"][n] = others[out["nearest"][n]]
+        for j in range(len(e)):
+            own = float(np.delete(gram[j], j).mean())
+            out["own"].append(own)
+            if own < threshold:
+                near = {o: float((emb[o] @ e[j]).mean()) for o in names if o != n}
+                best = max(near, key=near.get)
+                out["outliers"].append({"sample": f"{n}/{j:02d}.png", "identity": n, "mean_cosine_own": own,
+                                        "nearest_identity": best, "mean_cosine_nearest": near[best]})
+    for a in names:
+        for b in names:
+            cross = float((emb[a] @ emb[b].T).mean())
+            out["cross"] += [cross] if a < b else []
+            if a < b and cross > threshold:
+                out["twins"].append({"identities": [a, b], "mean_cosine": cross})
+    out["outliers"].sort(key=lambda o: o["mean_cosine_own"])
+    return out
+
+
+def test_cli_with_a_model_matches_hand_computed_statistics(pattern_set, tmp_path, capsys):
+    """python -m eval.dataset_stats --onnx ... --data-dir: duplicates, twin, mislabelled image and every
+    per-identity number as computed by hand."""
+    root, onnx, bins, classes, test = pattern_set
     out = tmp_path / "out"
-    assert S.main([str(world.planted), "--model", str(world.model), "--network", "mbf_tiny", "--num-features",
-                   str(EMBEDDING), "--data-dir", str(world.bins), "--targets", "demo_val", "--workers", "0",
-                   "--out", str(out), "--no-progress"]) == 0
+    assert S.main([str(root), "--onnx", str(onnx), "--data-dir", str(bins), "--targets", "demo_val",
+                   "--workers", "0", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     stats = json.loads((out / "planted" / "stats.json").read_text())
-    model = stats["model"]
-    assert model["threshold_source"] == "calibrated on demo_val" and model["embedded_images"] == stats["images"]
-    # the briefly trained demo model is too weak to rank the planted twin first (its nearest identity was
-    # id030 in the run of 2026-12-02); the twin and the mislabelled image are checked on face-like
-    # embeddings above
-    assert len(model["per_identity"]["identity"]) == stats["identities"]
+    dup = stats["duplicates"]
+    assert (dup["groups"], dup["within_identity_groups"], dup["across_identity_groups"]) == (2, 1, 1)
+    assert next(e for e in dup["examples"] if len(e["identities"]) > 1)["identities"] == ["p2", "p5"]
+    m = stats["model"]
+    emb = W.hand_embedding(test.blocks)
+    pair_cos = np.einsum("ij,ij->i", emb[0::2], emb[1::2])
+    threshold = W.calibrated_by_hand(pair_cos[~test.issame])
+    assert m["threshold"] == pytest.approx(threshold, abs=1e-5) and m["threshold_source"] == "calibrated on demo_val"
+    assert m["embedded_images"] == stats["images"] == sum(len(c) for c in classes.values())
+    hand = stats_by_hand(classes, threshold)
+    per = m["per_identity"]
+    assert per["identity"] == sorted(classes)
+    for key in ("consistency", "diversity", "separability"):
+        assert per[key] == pytest.approx([hand[key][n] for n in per["identity"]], abs=1e-5), key
+        assert m[key]["mean"] == pytest.approx(np.mean(list(hand[key].values())), abs=1e-5)
+    assert per["nearest_identity"] == [hand["nearest"][n] for n in per["identity"]]
+    # the twin identity, the mislabelled image and the copy of p2's image in p5: found, and nothing else
+    assert [t["identities"] for t in m["twins"]] == [t["identities"] for t in hand["twins"]] == [["p0", "p0_twin"]]
+    assert m["twins"][0]["mean_cosine"] == pytest.approx(hand["twins"][0]["mean_cosine"], abs=1e-5)
+    assert [(o["identity"], o["nearest_identity"]) for o in hand["outliers"]] == [("p5", "p2"), ("p3", "p4")] or \
+        [(o["identity"], o["nearest_identity"]) for o in hand["outliers"]] == [("p3", "p4"), ("p5", "p2")]
+    assert len(m["outliers"]) == m["num_outliers"] == len(hand["outliers"])
+    for got, want in zip(m["outliers"], hand["outliers"]):
+        assert got["sample"].endswith(want["sample"]) and got["identity"] == want["identity"]
+        assert got["nearest_identity"] == want["nearest_identity"]
+        assert got["mean_cosine_own"] == pytest.approx(want["mean_cosine_own"], abs=1e-5)
+        assert got["mean_cosine_nearest"] == pytest.approx(want["mean_cosine_nearest"], abs=1e-5)
+    row = f"| planted | 7 | {stats['images']} | 6 / 6 / 7 | 1 | 1 | 0 / 0 | " \
+          f"{np.mean(list(hand['consistency'].values())):.3f} | {np.mean(list(hand['diversity'].values())):.3f} | " \
+          f"{np.mean(list(hand['separability'].values())):.3f} | 1 | 2 |"
+    assert row in printed.splitlines() and (out / "summary.md").read_text().splitlines()[2] == row
+    assert f"[planted] threshold {threshold:.4f} (calibrated on demo_val): 1 pairs of identities" in printed
+    for png in ("histograms.png", "outliers.png", "twins.png"):
+        assert (out / "planted" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    own, cross = np.sort(hand["own"]), np.sort(hand["cross"])
+    print(f"margins: threshold {threshold:.3f}; own mean cosine of the 2 flagged images <= {own[1]:.3f}, of the "
+          f"others >= {own[2]:.3f}; mean cosine of the twin pair {cross[-1]:.3f}, of the other pairs <= "
+          f"{cross[-2]:.3f}")
 
 
-def test_model_inputs_are_checked_before_any_work(planted_folder, tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_with_the_demo_model_on_demo_data(tmp_path_factory, tmp_path, capsys):
+    """python -m eval.dataset_stats --model on demo faces with the session's demo model: an identity made of
+    byte copies of id005's images has id005's centroid (separability 1) whatever the weights."""
+    world = W.demo_world(tmp_path_factory.getbasetemp())
+    out = tmp_path / "out"
+    assert S.main([str(world.planted), *world.model_args(), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    stats = json.loads((out / "planted" / "stats.json").read_text())
+    assert stats["identities"] == W.DEMO_TRAIN_IDS + 1
+    assert stats["duplicates"]["across_identity_groups"] == W.DEMO_TRAIN_IMAGES == stats["duplicates"]["groups"]
+    m = stats["model"]
+    assert m["threshold_source"] == "calibrated on the training set's own pairs"
+    assert m["embedded_images"] == stats["images"]
+    per = m["per_identity"]
+    row = {name: i for i, name in enumerate(per["identity"])}
+    a, b = row["id005"], row["id005_copy"]
+    assert per["nearest_identity"][a] == "id005_copy" and per["nearest_identity"][b] == "id005"
+    assert per["separability"][a] > 0.9999 and per["separability"][b] > 0.9999
+    assert per["consistency"][a] == pytest.approx(per["consistency"][b], abs=1e-6)
+    assert per["diversity"][a] == pytest.approx(per["diversity"][b], abs=1e-6)
+    assert "| planted | 41 | 328 | 8 / 8 / 8 | 0 | 8 | 0 / 0 |" in printed
+    for png in ("histograms.png", "outliers.png", "twins.png"):
+        assert (out / "planted" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rest = [s for i, s in enumerate(per["separability"]) if i not in (a, b)]
+    print(f"margin: highest separability of the other identities {max(rest):.4f}")
+
+
+def test_model_inputs_are_checked_before_any_work(planted_folder, tmp_path, capsys, monkeypatch):
     import pickle
     import torch
     from backbones import get_model
+    from tests.test_leakage import wrong_input_onnx
     torch.save(get_model("mbf_tiny", num_features=32).state_dict(), tmp_path / "model.pt")
     (tmp_path / "bins").mkdir()
     with open(tmp_path / "bins" / "demo_val.bin", "wb") as f:
         pickle.dump(([_jpeg(1), _jpeg(2)], [False]), f)
-    base = [str(planted_folder), "--model", str(tmp_path / "model.pt"), "--network", "mbf_tiny", "--num-features",
-            "32", "--out", str(tmp_path / "o"), "--no-progress", "--workers", "0"]
-    cases = [(["--threshold", "-2"], "--threshold -2.0"), (["--data-dir", str(tmp_path / "bins")], "lfw.bin"),
-             (["--num-features", "64"], "does not fit --network mbf_tiny")]
-    for extra, needle in cases:
-        assert S.main(base + extra) == 2
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+
+    def heavy(*args, **kwargs):
+        raise AssertionError("the data were read before the inputs were checked")
+
+    monkeypatch.setattr(S, "scan", heavy)
+    monkeypatch.setattr(S, "embed_identities", heavy)
+    model = ["--model", str(tmp_path / "model.pt"), "--network", "mbf_tiny", "--num-features", "32"]
+    rest = ["--out", str(tmp_path / "o"), "--no-progress", "--workers", "0"]
+    cases = [([str(planted_folder), *model, "--threshold", "-2"], "--threshold -2.0"),
+             ([str(planted_folder), *model, "--threshold", "inf"], "--threshold inf"),
+             ([str(planted_folder), *model, "--data-dir", str(tmp_path / "bins")], "lfw.bin"),
+             ([str(planted_folder), *model[:-1], "64"], "does not fit --network mbf_tiny"),
+             ([str(planted_folder), "--onnx", str(wrong_input_onnx(tmp_path / "big.onnx"))], "224"),
+             # a training folder with no images: also when it is not the first one, and with a model
+             ([str(planted_folder), str(tmp_path / "empty"), *model], "no images found"),
+             ([str(planted_folder), str(tmp_path / "empty")], "no images found"),
+             ([str(planted_folder), str(tmp_path / "nothing.json")], "does not exist")]
+    for args, needle in cases:
+        assert S.main(args + rest) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and needle in err, err
+        assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
     assert not (tmp_path / "o").exists()
