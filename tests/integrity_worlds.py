@@ -193,7 +193,7 @@ def _train_demo(root: Path, data: Path) -> Path:
     """A short demo training run (in this process) on ``data``; returns its model.pt."""
     from tests.test_train import run_main, write_config
     config = write_config(root / "demo.py", data, root / "out", embedding_size=DEMO_EMBEDDING, batch_size=32,
-                          num_epoch=5, warmup_epoch=1, frequent=5, verbose=10 ** 6, val_targets=[],
+                          num_epoch=3, warmup_epoch=1, frequent=5, verbose=10 ** 6, val_targets=[],
                           save_all_states=False, tensorboard=False)
     run_main(config)
     return root / "out" / "model.pt"
