@@ -390,6 +390,11 @@ def calibrated_threshold(impostor_cosines: np.ndarray, far: float = FAR_CALIBRAT
     return float(min(1.0, max(impostor_cosines.max(), fit)))
 
 
+SATURATED_NOTE = ("note: threshold 1: this model's different-identity cosines reach 1 at 1 in 10,000, so no "
+                  "pair or image can be judged (no twins, no label-noise candidates, no leakage); use a stronger "
+                  "model")
+
+
 def calibration_method(pairs: int, far: float = FAR_CALIBRATION) -> str:
     """How calibrated_threshold decides for this many pairs (printed with the threshold)."""
     return "empirical quantile" if pairs * far >= 1 else "normal tail fit"
@@ -406,7 +411,8 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, str]]]], 
     from matplotlib.figure import Figure
     from eval.report import save_figure
     ncols = max([len(images) for _, images in rows] + [1])
-    fig = Figure(figsize=(1.9 * ncols, 2.1 * max(len(rows), 1) + 0.4), dpi=80)
+    height = 2.1 * max(len(rows), 1) + 0.4
+    fig = Figure(figsize=(1.9 * ncols, height), dpi=80)
     axes = np.asarray(fig.subplots(max(len(rows), 1), ncols, squeeze=False))
     for ax in axes.ravel():
         ax.axis("off")
@@ -418,7 +424,7 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, str]]]], 
     if not rows:
         axes[0, 0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))      # the title above the first row's captions
     return save_figure(fig, path)
 
 
@@ -522,7 +528,8 @@ def model_stats(data: TrainingSet, e: Embedded, threshold: float, threshold_sour
         twins[pair] = float(m["cross"][row])
     twin_list = sorted(twins.items(), key=lambda kv: -kv[1])
     own = own_mean_cosines(e)
-    flagged = np.flatnonzero(own < threshold)
+    # a threshold of 1 (a model whose different-identity cosines reach 1) judges no image: none flagged
+    flagged = np.flatnonzero(own < threshold) if threshold < 1.0 else np.zeros(0, np.int64)
     flagged = flagged[np.argsort(own[flagged])]
     means = (e.sums / e.counts[:, None]).astype(np.float32)
     other_cos, other_row = nearest(e.embeddings[flagged], means, exclude=e.rows[flagged])
@@ -532,7 +539,7 @@ def model_stats(data: TrainingSet, e: Embedded, threshold: float, threshold_sour
         "separability": _distribution(m["separability"]),
         "num_twins": len(twin_list),
         "twins": [{"identities": [names[a], names[b]], "mean_cosine": c} for (a, b), c in twin_list[:200]],
-        "num_outliers": int(flagged.size),
+        "num_outliers": int(flagged.size), "saturated": bool(threshold >= 1.0),
         "outliers": [{"sample": data.where(int(e.indices[i])), "identity": names[e.rows[i]],
                       "mean_cosine_own": float(own[i]), "nearest_identity": names[r], "mean_cosine_nearest": float(c)}
                      for i, r, c in zip(flagged[:200], other_row[:200], other_cos[:200])],
@@ -756,6 +763,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
             m = stats["model"]
             print(f"[{name}] threshold {m['threshold']:.4f} ({m['threshold_source']}): {m['num_twins']} pairs of "
                   f"identities likely one person, {m['num_outliers']} label-noise candidates")
+            if m["saturated"]:
+                print(f"[{name}] {SATURATED_NOTE}")
         print(f"wrote {folder / 'stats.json'}, {folder / 'histograms.png'}"
               + (f", {folder / 'outliers.png'}, {folder / 'twins.png'}" if model else ""))
         named.append((name, stats))

@@ -27,8 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from eval.dataset_stats import (TrainingSet, calibrated_threshold, calibration_method, class_sums, contact_sheet, embed_samples,
-                                load_model, nearest, pair_cosines)
+from eval.dataset_stats import (SATURATED_NOTE, TrainingSet, calibrated_threshold, calibration_method, class_sums,
+                                contact_sheet, embed_samples, load_model, nearest, pair_cosines)
 from utils.errors import ArcFaceError, ConfigError, DataError
 
 DEFAULT_TARGETS = ("lfw", "cfp_fp", "agedb_30", "cplfw", "calfw")
@@ -225,6 +225,8 @@ def run(args: argparse.Namespace) -> dict:
         print(f"[{target}] threshold {r['threshold']:.4f} ({r['threshold_source']} of {r['impostor_pairs']} "
               f"different-identity pairs): {r['images_matched']} images match {r['identities_matched']} "
               f"training identities; {r['pairs_touched']} of {r['pairs']} pairs touched")
+        if r["threshold"] >= 1.0:
+            print(f"[{target}] {SATURATED_NOTE}")
     out = Path(args.out or Path("work_dirs") / "leakage" / Path(args.train).resolve().name)
     payload = {"kind": "leakage", "train": str(args.train), "model": args.model or args.onnx,
                "network": args.network, "per_class": args.per_class, "training_identities": len(gallery.identities),

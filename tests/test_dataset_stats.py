@@ -195,7 +195,10 @@ def test_twin_identity_and_mislabelled_image_in_face_like_embeddings():
     assert outlier["sample"] == "sample 30" and outlier["identity"] == "id2" and outlier["nearest_identity"] == "id5"
     assert outlier["mean_cosine_nearest"] > 0.35 > outlier["mean_cosine_own"]
     assert section["per_identity"]["nearest_identity"][3] == "twin_of_3"
-    assert section["separability"]["max"] > 0.9 > section["separability"]["median"]
+    assert section["separability"]["max"] > 0.9 > section["separability"]["median"] and not section["saturated"]
+    # a model whose different-identity cosines reach 1 (threshold 1) judges nothing: no image is flagged
+    weak, _ = S.model_stats(_Names(), e, 1.0, "calibrated")
+    assert weak["saturated"] and weak["num_outliers"] == 0 and weak["num_twins"] == 0
 
 
 # the command line with a model: a tiny pattern set whose embeddings are known by hand, and the demo data
