@@ -39,7 +39,8 @@ def block_mean_onnx(path: Path) -> Path:
     """ONNX model: (N, 3, 112, 112) -> (N, 192), the mean of every 14 x 14 block of every channel."""
     import onnx
     from onnx import TensorProto, helper
-    nodes = [helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[BLOCK, BLOCK], strides=[BLOCK, BLOCK]),
+    nodes = [helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[BLOCK, BLOCK],
+                              strides=[BLOCK, BLOCK]),
              helper.make_node("Flatten", ["pooled"], ["embedding"], axis=1)]
     graph = helper.make_graph(nodes, "block_mean",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 112, 112])],
