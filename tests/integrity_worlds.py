@@ -51,6 +51,17 @@ def block_mean_onnx(path: Path) -> Path:
     return path
 
 
+def wrong_input_onnx(path: Path) -> Path:
+    """An ONNX graph that takes 3 x 224 x 224 images (not the 112 x 112 crops the tools feed)."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["y"], axis=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 150528])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def identity_patterns(n: int, rng: np.random.Generator) -> np.ndarray:
     """(n, 3, GRID, GRID) float pixel patterns around 128: mirror-symmetric, orthogonal to each other."""
     half = 3 * GRID * (GRID // 2)

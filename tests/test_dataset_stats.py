@@ -341,7 +341,6 @@ def test_model_inputs_are_checked_before_any_work(planted_folder, tmp_path, caps
     import pickle
     import torch
     from backbones import get_model
-    from tests.test_leakage import wrong_input_onnx
     torch.save(get_model("mbf_tiny", num_features=32).state_dict(), tmp_path / "model.pt")
     (tmp_path / "bins").mkdir()
     with open(tmp_path / "bins" / "demo_val.bin", "wb") as f:
@@ -359,7 +358,7 @@ def test_model_inputs_are_checked_before_any_work(planted_folder, tmp_path, caps
              ([str(planted_folder), *model, "--threshold", "inf"], "--threshold inf"),
              ([str(planted_folder), *model, "--data-dir", str(tmp_path / "bins")], "lfw.bin"),
              ([str(planted_folder), *model[:-1], "64"], "does not fit --network mbf_tiny"),
-             ([str(planted_folder), "--onnx", str(wrong_input_onnx(tmp_path / "big.onnx"))], "224"),
+             ([str(planted_folder), "--onnx", str(W.wrong_input_onnx(tmp_path / "big.onnx"))], "224"),
              # a training folder with no images: also when it is not the first one, and with a model
              ([str(planted_folder), str(tmp_path / "empty"), *model], "no images found"),
              ([str(planted_folder), str(tmp_path / "empty")], "no images found"),

@@ -243,17 +243,6 @@ def _write_identity(folder: Path, images: list[bytes]) -> None:
         (folder / f"{j:02d}.jpg").write_bytes(data)
 
 
-def wrong_input_onnx(path: Path) -> Path:
-    """An ONNX graph that takes 3 x 224 x 224 images (not the 112 x 112 crops the tools feed)."""
-    import onnx
-    from onnx import TensorProto, helper
-    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["y"], axis=1)], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 150528])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
-
-
 def test_bad_input_is_one_line_before_heavy_work(tmp_path, capsys, monkeypatch):
     import torch
     from backbones import get_model
@@ -294,6 +283,6 @@ def test_bad_input_is_one_line_before_heavy_work(tmp_path, capsys, monkeypatch):
     # a model that does not fit the network; an ONNX model that does not take the tools' crops
     fails(needles=["does not fit --network mbf_tiny"], source=[*model[:-1], "32"])
     fails(needles=["does not fit --network"], source=[*model[:3], "r18", *model[4:]])
-    fails(needles=["224", "112"], source=["--onnx", str(wrong_input_onnx(tmp_path / "big.onnx"))])
+    fails(needles=["224", "112"], source=["--onnx", str(W.wrong_input_onnx(tmp_path / "big.onnx"))])
     fails(needles=["file not found"], source=["--onnx", str(tmp_path / "none.onnx")])
     assert not (tmp_path / "o").exists()
