@@ -399,9 +399,11 @@ class DistributedBatchSampler(Sampler):
     """Batches of (index, sample_seed) for one rank: torch DistributedSampler order + drop_last.
 
     The epoch's permutation is ``randperm(n)`` seeded with ``seed + epoch``, padded by wrapping
-    to a multiple of ``world_size``; rank r takes positions r, r+W, ... . ``start_batch`` skips
-    that many batches of every iteration of the epoch set by ``set_epoch`` (the next
-    ``set_epoch`` sets it again, 0 by default).
+    to a multiple of ``world_size``; rank r takes positions r, r+W, ..., so global batch k is the
+    positions [k*G, (k+1)*G) of the permutation (G = batch_size * world_size). The resume position
+    is a sample position of the epoch (``start_sample``; ``start_batch`` = start_batch * G): every
+    iteration of the epoch set by ``set_epoch`` starts there, whatever the world size that
+    consumed the samples before it (elastic resume). A sample's seed is keyed on its position.
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
@@ -413,42 +415,52 @@ class DistributedBatchSampler(Sampler):
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.epoch = 0
-        self.start_batch = 0
+        self.start_batch = self.start_sample = 0
         self.per_rank = math.ceil(num_samples / world_size)
         self.batches_per_epoch = self.per_rank // batch_size
+        self.global_batch = batch_size * world_size
+        self.padded = self.per_rank * world_size
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ConfigError(_outside_epoch(start_batch, self.batches_per_epoch))
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
+    def set_epoch(self, epoch: int, start_batch: int = 0, start_sample: Optional[int] = None) -> None:
+        """The next iterations yield ``epoch`` from ``start_sample`` (default: batch ``start_batch``) on."""
+        if start_sample is None:
+            if not 0 <= start_batch <= self.batches_per_epoch:
+                raise ConfigError(_outside_epoch(start_batch, self.batches_per_epoch))
+            start_sample = start_batch * self.global_batch
+        if not 0 <= start_sample <= self.padded:
+            raise ConfigError(f"the checkpoint resumes at sample {start_sample} of its epoch, but an epoch now "
+                              f"has {self.padded} positions (data or num_image changed): resume with the data "
+                              f"of the checkpoint's run, or start fresh")
+        self.epoch, self.start_sample = int(epoch), int(start_sample)
+        self.start_batch = self.start_sample // self.global_batch
 
-    def rank_order(self) -> torch.Tensor:
-        """This rank's sample indices for the current epoch (before batching)."""
+    def epoch_order(self) -> torch.Tensor:
+        """The epoch's permutation, padded to a multiple of world_size (every rank's positions)."""
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.num_samples, generator=g)
         else:
             order = torch.arange(self.num_samples)
-        total = self.per_rank * self.world_size
-        if total > self.num_samples:                    # pad by wrapping, as DistributedSampler
-            order = order.repeat(math.ceil(total / self.num_samples))[:total]
-        return order[self.rank:total:self.world_size]
+        if self.padded > self.num_samples:               # pad by wrapping, as DistributedSampler
+            order = order.repeat(math.ceil(self.padded / self.num_samples))[:self.padded]
+        return order
+
+    def rank_order(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch (before batching)."""
+        return self.epoch_order()[self.rank:self.padded:self.world_size]
 
     def __iter__(self) -> Iterator[list]:
-        # start_batch belongs to the epoch, not to the first iterator: torch's multi-process
+        # the position belongs to the epoch, not to the first iterator: torch's multi-process
         # loader calls iter() on its batch sampler twice per epoch, so a reset here lost it.
-        return self._batches(self.rank_order().numpy(), self.start_batch, mix64(self.seed, self.epoch))
-
-    def _batches(self, order: np.ndarray, start: int, base: int) -> Iterator[list]:
-        b = self.batch_size
-        for batch in range(start, self.batches_per_epoch):
-            local = np.arange(batch * b, (batch + 1) * b)
-            seeds = _mix64_array(base, local * self.world_size + self.rank)
-            yield list(zip(order[local].tolist(), seeds.tolist()))
+        order, base = self.epoch_order().numpy(), mix64(self.seed, self.epoch)
+        within = self.rank + self.world_size * np.arange(self.batch_size)
+        for batch in range(len(self)):
+            positions = self.start_sample + batch * self.global_batch + within
+            yield list(zip(order[positions].tolist(), _mix64_array(base, positions).tolist()))
 
     def __len__(self) -> int:
-        return self.batches_per_epoch - self.start_batch
+        return (self.padded - self.start_sample) // self.global_batch
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -588,9 +600,10 @@ class FaceDataLoader:
     def __len__(self) -> int:
         return self.sampler.batches_per_epoch
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Order of ``epoch``; the next iteration starts at batch ``start_batch`` of it."""
-        self.sampler.set_epoch(epoch, start_batch)
+    def set_epoch(self, epoch: int, start_batch: int = 0, start_sample: Optional[int] = None) -> None:
+        """Order of ``epoch``; the next iteration starts at batch ``start_batch`` (or sample position
+        ``start_sample``, after a resume on another world size) of it."""
+        self.sampler.set_epoch(epoch, start_batch, start_sample)
 
     def reset(self) -> None:
         """Nothing to do (DALI loaders need it; kept for the same interface)."""
@@ -787,7 +800,9 @@ class DALILoader:
         self._iter = self._build(*self._build_args, checkpoint=state["dali_checkpoint"])
         self._restored = (int(state["epoch"]), int(state["batch"]))
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0, start_sample: Optional[int] = None) -> None:
+        if start_sample is not None:     # DALI's order is its own: resume at the nearest batch
+            start_batch = min(start_sample // (self.batch_size * self.world_size), self.batches_per_epoch)
         if not 0 <= start_batch <= self.batches_per_epoch:
             raise ConfigError(_outside_epoch(start_batch, self.batches_per_epoch))
         restored, self._restored = self._restored, None

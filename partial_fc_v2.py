@@ -42,6 +42,7 @@ from torch import distributed
 from torch.nn.functional import normalize
 
 from utils.errors import ConfigError, DataError
+from utils.elastic import class_range
 
 PROB_FLOOR = 1e-30
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps
@@ -58,10 +59,7 @@ def _all_reduce(tensor: torch.Tensor, op) -> None:
         distributed.all_reduce(tensor, op)
 
 
-def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
-    """(class_start, num_local) of ``rank``'s shard, the original's uneven split."""
-    base, extra = divmod(num_classes, world_size)
-    return base * rank + min(rank, extra), base + int(rank < extra)
+shard_range = class_range      # (class_start, num_local) of a rank's shard: one split for training and resharding
 
 
 def _all_gather(tensor: torch.Tensor) -> torch.Tensor:

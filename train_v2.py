@@ -30,7 +30,8 @@ from utils.utils_distributed import cleanup, keep_freed_cpu_memory, setup, setup
 from utils.utils_logging import AverageMeter, init_logging
 from utils.utils_train import (GradScaleWatch, build_backbone, build_grad_scaler, build_lr_scheduler,
                                build_optimizer, config_changes, load_pretrained, log_config, masked_config,
-                               restore_group_settings, restore_schedule, set_step_counts, train_step)
+                               restore_group_settings, restore_schedule, resume_position, set_step_counts,
+                               train_step)
 
 
 class TrainingStopped(ArcFaceError):
@@ -95,14 +96,14 @@ def train(cfg, info, progress: dict | None = None) -> None:
     lr_scheduler = build_lr_scheduler(cfg, opt)
     amp = build_grad_scaler(cfg, info.device)
 
-    start_epoch, global_step, start_batch = 0, 0, 0
+    start_epoch, global_step, start_batch, start_sample = 0, 0, 0, 0
     remove_stale_temporaries(cfg.output, info.rank)
     dict_checkpoint = load_checkpoint(cfg, info.rank, info.distributed)
     resume_notes: list[str] = []
     if dict_checkpoint is not None:
         start_epoch = dict_checkpoint["epoch"]
-        global_step = dict_checkpoint["global_step"]
-        start_batch = dict_checkpoint.get("batch_in_epoch", 0)
+        global_step, start_batch, start_sample, position_notes = resume_position(cfg, dict_checkpoint)
+        resume_notes += position_notes
         backbone_module.load_state_dict(dict_checkpoint["state_dict_backbone"])
         module_partial_fc.load_state_dict(dict_checkpoint["state_dict_softmax_fc"])
         opt.load_state_dict(dict_checkpoint["state_optimizer"])
@@ -136,6 +137,7 @@ def train(cfg, info, progress: dict | None = None) -> None:
         if resumable or cfg.save_all_states or cfg.save_checkpoint or cfg.checkpoint_every:
             save_rank_checkpoint({
                 "epoch": epoch, "global_step": global_step, "batch_in_epoch": batch_in_epoch,
+                "samples_in_epoch": start_sample + (batch_in_epoch - start_batch) * cfg.total_batch_size,
                 "state_dict_backbone": backbone_module.state_dict(),
                 "state_dict_softmax_fc": module_partial_fc.state_dict(),
                 "state_optimizer": opt.state_dict(),
@@ -159,7 +161,7 @@ def train(cfg, info, progress: dict | None = None) -> None:
         progress["started"] = True
     try:
         for epoch in range(start_epoch, cfg.num_epoch):
-            train_loader.set_epoch(epoch, start_batch)
+            train_loader.set_epoch(epoch, start_batch, start_sample)
             for batch_in_epoch, (img, local_labels) in enumerate(train_loader, start=start_batch + 1):
                 global_step += 1
                 loss = train_step(backbone, module_partial_fc, opt, amp, img, local_labels,
@@ -192,7 +194,7 @@ def train(cfg, info, progress: dict | None = None) -> None:
                     raise TrainingStopped(f"stopped by {stop.signal_name} at global step {global_step}; "
                                           f"checkpoint written to {checkpoint_path(cfg.output, info.rank)}: "
                                           f"rerun with resume=True to continue")
-            start_batch = 0
+            start_batch = start_sample = 0
             save_checkpoint(epoch + 1, 0)
             if cfg.dali and hasattr(train_loader, "reset"):
                 train_loader.reset()

@@ -98,8 +98,8 @@ def test_resume_true_without_checkpoint_is_a_clear_error(tmp_path, tiny_data):
 def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_data):
     config = write_config(tmp_path / "c.py", tiny_data, tmp_path / "out", num_epoch=1)
     run_main(config)
-    with pytest.raises(ConfigError, match="batch_size: checkpoint 16 vs config 8"):
-        run_main(config, "resume=true", "batch_size=8")
+    with pytest.raises(ConfigError, match="embedding_size: checkpoint 64 vs config 32"):
+        run_main(config, "resume=true", "embedding_size=32")
 
 
 def test_second_run_on_a_locked_output_is_refused(tmp_path, tiny_data):

@@ -15,11 +15,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from utils.elastic import (ShardFile, class_range, describe_incomplete, latest_complete_set, load_set,
+                           num_classes_of, read_shard, reshard, rows_per_class, scan_shards, write_resharded)
 from utils.errors import CheckpointError, ConfigError
 from utils.files import atomic_write, atomic_write_text
 
 # Config keys a checkpoint must agree on to be resumable.
-FINGERPRINT_KEYS = ("network", "embedding_size", "num_classes", "sample_rate", "batch_size", "world_size",
+# world_size and batch_size may change: the resume reshards and counts progress in samples (utils/elastic.py).
+FINGERPRINT_KEYS = ("network", "embedding_size", "num_classes", "sample_rate",
                     "optimizer", "margin")
 
 
@@ -181,16 +184,22 @@ def save_rank_checkpoint(state: dict[str, Any], output: str, rank: int, keep_pre
 
 def saved_step(path: str) -> int | None:
     """The global step stored in a checkpoint (tensors memory-mapped when the format allows); None if unusable."""
-    if not os.path.exists(path):
-        return None
-    problem: Exception | None = None
-    for mmap in (True, False):         # files of old torch.save formats cannot be memory-mapped
-        try:
-            return int(torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)["global_step"])
-        except Exception as err:  # a damaged file is skipped, not fatal: an older one may serve
-            problem = err
-    logging.warning("ignoring unreadable checkpoint %s: %s", path, problem)
-    return None
+    shard = read_shard(path, 0) if os.path.exists(path) else None
+    if shard is None and os.path.exists(path):
+        logging.warning("ignoring unreadable checkpoint %s", path)
+    return None if shard is None else shard.step
+
+
+def _held_steps(output: str, rank: int, world_size: int) -> tuple[dict[int, str], list[str]]:
+    """{step: path} of this rank's files written by ``world_size`` ranks (or by the original), unreadable paths."""
+    held, unreadable = {}, []
+    for path in (previous_checkpoint_path(output, rank), checkpoint_path(output, rank)):
+        shard = read_shard(path, rank) if os.path.exists(path) else None
+        if shard is not None and shard.world_size in (None, world_size):
+            held[shard.step] = path
+        elif shard is None and os.path.exists(path):
+            unreadable.append(path)
+    return held, unreadable
 
 
 def load_checkpoint(cfg: Any, rank: int, distributed: bool = False) -> dict[str, Any] | None:
@@ -198,48 +207,74 @@ def load_checkpoint(cfg: Any, rank: int, distributed: bool = False) -> dict[str,
 
     With several ranks, they agree on the latest global step that every rank holds (in
     checkpoint_gpu_<rank>.pt or .previous.pt), so an interrupted save never resumes the ranks at
-    different steps.
+    different steps. When the latest complete set of shard files was written by another world
+    size, every rank takes its part of it (elastic resume, utils/elastic.py; rank 0 must see the
+    files of all old ranks, i.e. a shared output folder).
     """
     if cfg.resume is False:
         return None
-    held, unreadable = {}, []
-    for path in (previous_checkpoint_path(cfg.output, rank), checkpoint_path(cfg.output, rank)):
-        step = saved_step(path)
-        if step is not None:
-            held[step] = path
-        elif os.path.exists(path):
-            unreadable.append(path)
+    world = dist.get_world_size() if distributed else 1
+    held, unreadable = _held_steps(cfg.output, rank, world)
     per_rank = [(sorted(held), unreadable)]
+    elastic = latest_complete_set(cfg.output, prefer_world=world) if rank == 0 else None
     if distributed:
-        per_rank = [None] * dist.get_world_size()
+        per_rank = [None] * world
         dist.all_gather_object(per_rank, (sorted(held), unreadable))
+        shared = [elastic]
+        dist.broadcast_object_list(shared, src=0)
+        elastic = shared[0]
     damaged = [path for _, paths in per_rank for path in paths]
     per_rank = [steps for steps, _ in per_rank]
+    common = set.intersection(*(set(steps) for steps in per_rank)) if all(per_rank) else set()
+    if elastic and len(elastic) != world and (not common or elastic[0].step >= max(common)):
+        return _load_resharded(cfg, elastic, rank, world)
     if not any(per_rank):
         if damaged:
             raise ConfigError(f"no checkpoint can be read ({', '.join(damaged)}): move them away to start "
                               f"fresh, or restore them from a copy")
-        if cfg.resume == "auto":
+        if cfg.resume == "auto" and not describe_incomplete(cfg.output):
             return None
-        raise ConfigError(f"resume=True but {checkpoint_path(cfg.output, rank)} does not exist (train with "
-                          f"save_all_states=True, or set resume=\"auto\" to start fresh when there is none)")
-    common = set.intersection(*(set(steps) for steps in per_rank))
+        raise ConfigError(_no_checkpoint(cfg.output, rank))
     if not common:
         listing = "; ".join(f"rank {r}: {steps or 'none'}" for r, steps in enumerate(per_rank))
-        raise ConfigError(f"the ranks' checkpoints in {cfg.output} share no global step ({listing}): resume "
-                          f"with the world size that wrote them, or start fresh with resume=False")
+        raise ConfigError(f"the ranks' checkpoints in {cfg.output} share no global step ({listing}): a shard "
+                          f"file is missing; restore it, or start fresh with resume=False")
     path = held[max(common)]
     if max(common) != max(held):
         logging.warning("resuming every rank from global step %d (%s): a save was interrupted, this rank "
                         "also holds step %d", max(common), path, max(held))
     state = torch.load(path, map_location="cpu", weights_only=False)
+    _check_fingerprint(state, cfg, path)
+    state["path"] = path
+    return state
+
+
+def _no_checkpoint(output: str, rank: int) -> str:
+    incomplete = describe_incomplete(output)
+    if incomplete:
+        return (f"the checkpoint in {output} lacks shard files ({incomplete}): restore the missing "
+                f"checkpoint_gpu_<rank>.pt, or start fresh with resume=False")
+    return (f"resume=True but {checkpoint_path(output, rank)} does not exist (train with "
+            f"save_all_states=True, or set resume=\"auto\" to start fresh when there is none)")
+
+
+def _check_fingerprint(state: dict, cfg: Any, path: str) -> None:
     saved = state.get("fingerprint", {})
     differs = [f"{k}: checkpoint {saved[k]!r} vs config {cfg[k]!r}"
                for k in FINGERPRINT_KEYS if k in saved and saved[k] != cfg[k]]
     if differs:
         raise ConfigError(f"{path} was written by a different run ({'; '.join(differs)}); "
                           f"use another output folder or the matching config")
-    state["path"] = path
+
+
+def _load_resharded(cfg: Any, files: list[ShardFile], rank: int, world: int) -> dict[str, Any]:
+    """This rank's state, its class range taken out of the shard files of another world size."""
+    states = load_set(files)
+    _check_fingerprint(states[0], cfg, files[0].path)
+    k = rows_per_class(files, int(cfg.num_classes))
+    state = reshard(states, int(cfg.num_classes), world, ranks=[rank], k=k)[rank]
+    state["path"] = (f"{len(files)} shard files of world size {len(files)} in {cfg.output} (resharded to "
+                     f"{world} ranks)")
     return state
 
 
@@ -323,3 +358,67 @@ class StopRequest:
         if flag.item() > 0 and self.signal_name is None:
             self.signal_name = "signal on another rank"
         return flag.item() > 0
+
+
+def describe_checkpoint(output: str) -> list[str]:
+    """Lines for ``info``: every set of shard files, and the one a resume takes."""
+    shards = scan_shards(output)
+    if not shards:
+        raise CheckpointError(f"no readable checkpoint_gpu_<rank>.pt in {output}")
+    files = latest_complete_set(output)
+    lines = [f"{output}: {len(shards)} shard file(s)"]
+    incomplete = describe_incomplete(output)
+    if incomplete:
+        lines.append(f"  incomplete (not used): {incomplete}")
+    if files is None:
+        return lines + ["  no complete set: a resume cannot use this folder"]
+    state = torch.load(files[0].path, map_location="cpu", weights_only=False, mmap=True)
+    saved = state.get("fingerprint", {})
+    classes = num_classes_of(files)
+    k = rows_per_class(files, classes)
+    world = len(files)
+    lines += [f"  resume takes: global step {files[0].step}, epoch {files[0].epoch}, "
+              f"{state.get('samples_in_epoch', state.get('batch_in_epoch', 0) * saved.get('batch_size', 0) * world)} "
+              f"samples into the epoch",
+              f"  world size {world}" + ("" if saved else " (a checkpoint of the original arcface_torch)")
+              + (f", batch_size {saved['batch_size']} per rank" if "batch_size" in saved else ""),
+              f"  classes {classes}, {k} centre(s) per class, per shard: "
+              + ", ".join(f"rank {r}: {class_range(classes, r, world)[1]}" for r in range(world)),
+              f"  margin head {saved.get('margin', 'combined (the original)')}; optimizer "
+              f"{saved.get('optimizer', type(state.get('state_optimizer')).__name__)}",
+              "  fingerprint " + ", ".join(f"{key}={value!r}" for key, value in saved.items())]
+    lines += [f"  {os.path.basename(f.path)}: rank {f.rank}, {f.rows} rows" for f in files]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m utils.checkpoint info DIR | reshard DIR --world-size N"""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m utils.checkpoint",
+                                     description="inspect or reshard the checkpoint of a training run")
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="epoch, step, world size, classes per shard, head, fingerprint")
+    info.add_argument("output", help="the run's output folder (cfg.output)")
+    convert = commands.add_parser("reshard", help="rewrite the shard files for another number of ranks")
+    convert.add_argument("output", help="the run's output folder (cfg.output)")
+    convert.add_argument("--world-size", type=int, required=True, help="number of ranks of the next run")
+    convert.add_argument("--num-classes", type=int, default=None,
+                         help="class count (default: the checkpoint's; its rows for the original's files)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "info":
+            print("\n".join(describe_checkpoint(args.output)))
+            return 0
+        if args.world_size < 1:
+            parser.error("--world-size must be >= 1")
+        old, new = write_resharded(args.output, args.world_size, args.num_classes, save=atomic_save)
+        print(f"resharded global step {old[0].step} from {len(old)} to {len(new)} ranks: {', '.join(new)} "
+              f"(the old files are kept as checkpoint_gpu_<rank>.previous.pt)")
+        return 0
+    except (CheckpointError, ConfigError) as err:
+        print(f"error: {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

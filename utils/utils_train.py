@@ -9,6 +9,7 @@ import torch
 
 from backbones import get_model
 from lr_scheduler import PolynomialLRWarmup, StepLRWarmup
+from utils.elastic import samples_in_epoch
 from utils.errors import ConfigError
 from utils.weights import describe_mismatch, key_differences, read_backbone_state
 from utils.utils_distributed import DistInfo
@@ -147,6 +148,34 @@ _PLAN_KEYS = ("base_lrs", "warmup_iters", "total_iters", "power", "milestones", 
 # (the derived step counts follow the keys they come from, which are reported).
 _NOT_REPORTED = ("resume", "overwrite", "config_file", "total_step", "warmup_step", "steps_per_epoch",
                  "total_batch_size")
+
+
+def resume_position(cfg: Any, state: dict) -> tuple[int, int, int, list[str]]:
+    """(global_step, start_batch, start_sample, log lines) of a resume, counted in samples of the epoch.
+
+    With the checkpoint's global batch the position is its own; with another one (other world size
+    or batch_size) the run continues at the first sample of the epoch no rank consumed, and the
+    global step (hence the LR) is where the new plan has that many samples behind it.
+    """
+    saved = state.get("fingerprint", {})
+    old_world = int(state.get("resharded_from") or saved.get("world_size") or cfg.world_size)
+    old_global = int(saved.get("batch_size", cfg.batch_size)) * old_world
+    start_sample = samples_in_epoch(state, old_world)
+    start_batch = start_sample // cfg.total_batch_size
+    notes = []
+    if old_world != cfg.world_size:
+        notes.append(f"resume: class centres and their optimiser state resharded from {old_world} to "
+                     f"{cfg.world_size} ranks")
+    if old_global == cfg.total_batch_size:
+        return int(state["global_step"]), start_batch, start_sample, notes
+    global_step = int(state["epoch"]) * cfg.steps_per_epoch + start_batch
+    keep = (f"--set batch_size={old_global // cfg.world_size} keeps it" if old_global % cfg.world_size == 0
+            else f"no per-rank batch_size keeps the global batch {old_global} on {cfg.world_size} ranks")
+    logging.warning(f"resume: the global batch changes from {old_global} to {cfg.total_batch_size} ({cfg.world_size} "
+                    f"ranks x {cfg.batch_size}); training continues at sample {start_sample} of epoch "
+                    f"{state['epoch']} as global step {global_step} of {cfg.total_step} (was "
+                    f"{state['global_step']}); {keep}")
+    return global_step, start_batch, start_sample, notes
 
 
 def restore_schedule(cfg: Any, opt: torch.optim.Optimizer, lr_scheduler: Any, saved: dict,
