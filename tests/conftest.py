@@ -35,3 +35,17 @@ def mxnet_python() -> Path:
     if not MXNET_PYTHON.exists():
         pytest.fail(f"MXNet side environment missing: {MXNET_PYTHON} (run bash .ci/setup)")
     return MXNET_PYTHON
+
+
+@pytest.fixture(autouse=True)
+def _return_freed_memory():
+    """After each test, hand freed heap back to the OS: the suite runs in one process, and later tests
+    fork DataLoader workers from it (CI saw fork fail with ENOMEM once the heap had grown to ~5 GB)."""
+    yield
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):       # not glibc: nothing to trim
+        pass

@@ -286,11 +286,9 @@ def test_tar_rule_nearest_fpr_ties_and_below_smallest_fpr():
     fpr = np.array([0.0, 0.0, 0.02, 0.02, 1.0])
     tpr = np.array([0.0, 0.3, 0.3, 0.6, 1.0])
     assert abs(0.0 - 0.01) == abs(0.02 - 0.01)
-    ref = {k: v for k, v in zip(["0.01"], [None])}
     fpr_r, tpr_r = np.flipud(fpr), np.flipud(tpr)
-    _, i = min(list(zip(abs(fpr_r - 0.01), range(len(fpr_r)))))
-    ref["0.01"] = tpr_r[i]
-    assert ijb.tar_at_far(fpr, tpr)["0.01"] == ref["0.01"] == 0.6
+    _, i = min(list(zip(abs(fpr_r - 0.01), range(len(fpr_r)))))       # the original's expression
+    assert ijb.tar_at_far(fpr, tpr)["0.01"] == tpr_r[i] == 0.6
     assert ijb.tar_at_far(fpr, tpr)["1e-06"] == 0.3          # largest TPR at FPR 0
 
 
@@ -567,3 +565,26 @@ def test_1n_lists_checked_before_the_model(release_dir, tmp_path, capsys):
     assert "ijbc_1N_gallery_G2.csv: 1:N list not found" in capsys.readouterr().err
     assert ijb.main(args) == 2                                  # without --1n the model is the first problem
     assert "absent.onnx: file not found" in capsys.readouterr().err
+
+
+def test_three_node_onnx_graph_with_96_d_output_equals_torch(release_dir, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from eval.verification import OnnxBackbone
+    net = TinyNet(dim=96).eval()
+    nodes = [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[14, 14], strides=[14, 14]),
+             helper.make_node("Flatten", ["p"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 112, 112])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 96])],
+                              [numpy_helper.from_array(net.fc.weight.detach().numpy(), "w"),
+                               numpy_helper.from_array(net.fc.bias.detach().numpy(), "b")])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    ijb.check_onnx_model(str(path))                               # few nodes, 96-d: accepted
+    release = ijb.read_release(release_dir, "IJBC")
+    via_onnx = ijb.embed_release(release, OnnxBackbone(str(path)), 32).features
+    via_torch = ijb.embed_release(release, net, 32).features
+    np.testing.assert_allclose(via_onnx, via_torch, rtol=1e-5, atol=1e-5)
+    assert ijb.verify(release, via_onnx, ijb.Switches()).tar == ijb.verify(release, via_torch, ijb.Switches()).tar
