@@ -370,3 +370,14 @@ def test_one_rank_resumes_on_two(tmp_path, one_per_class, monkeypatch):
     new = [torch.load(tmp_path / "cut" / f"checkpoint_gpu_{r}.pt", weights_only=False) for r in range(2)]
     assert torch.equal(new[0]["state_dict_softmax_fc"]["margin_softmax.batch_mean"],
                        new[1]["state_dict_softmax_fc"]["margin_softmax.batch_mean"])
+
+
+def test_bench_reshard_small(tmp_path, capsys):
+    """bench/bench_reshard.py end to end on a small checkpoint (its code path, not its speed)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_reshard
+    assert bench_reshard.main(["--classes", "1003", "--dim", "8", "--from-world", "3", "--to-world", "2",
+                               "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1,003 classes x 8 float32" in out and "reshard 3 -> 2:" in out
+    assert not any(tmp_path.iterdir())                      # the scratch folder is removed
