@@ -49,3 +49,18 @@ def _return_freed_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):       # not glibc: nothing to trim
         pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Tests marked fresh_process run in a new interpreter, as users start training: they fork DataLoader
+    workers, and forking the long-lived suite process failed with ENOMEM late in CI runs."""
+    if pyfuncitem.get_closest_marker("fresh_process") is None or os.environ.get("ARCFACE_FRESH_PROCESS"):
+        return None
+    import subprocess
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+                            cwd=REPO, env=dict(os.environ, ARCFACE_FRESH_PROCESS="1"), capture_output=True,
+                            text=True, timeout=600)
+    if result.returncode != 0:
+        pytest.fail(f"failed in a fresh process:\n{result.stdout[-6000:]}{result.stderr[-2000:]}", pytrace=False)
+    return True

@@ -296,6 +296,7 @@ def corrupt_copy(src: Path, dst: Path, keys_to_break: int = 1) -> Path:
     return dst
 
 
+@pytest.mark.fresh_process
 def test_bad_sample_in_a_worker_is_one_line(tmp_path, tiny_data):  # noqa: F811
     data = corrupt_copy(tiny_data, tmp_path / "bad")
     loader = ds.get_dataloader(str(data), 0, 16, num_workers=2, rank=0, world_size=1)
@@ -308,6 +309,7 @@ def test_bad_sample_in_a_worker_is_one_line(tmp_path, tiny_data):  # noqa: F811
     assert "train.rec: key" in message and "max_bad_samples=0" in message
 
 
+@pytest.mark.fresh_process
 def test_check_data_full_finds_bad_samples_before_the_first_step(tmp_path, tiny_data):  # noqa: F811
     data = corrupt_copy(tiny_data, tmp_path / "bad")
     config = write_config(tmp_path / "c.py", data, tmp_path / "out", check_data="full", num_workers=2)

@@ -411,6 +411,7 @@ class _RecordDataset(torch.utils.data.Dataset):
 
 
 @pytest.mark.slow
+@pytest.mark.fresh_process
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_dataloader_workers(fixtures_dir, manifest, context):
     rows = {int(r["key"]): r["payload sha256"] for r in manifest["mx_multipart"]}
