@@ -97,7 +97,7 @@ def readme_commands() -> list[list[str]]:
     text = (REPO / "README.md").read_text()
     commands = []
     for block in re.findall(r"```(?:shell|python|bash)\n(.*?)```", text, re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():       # shell line continuations joined
             if not line.startswith(("python", "torchrun", "bash", ".venv")):
                 continue
             for part in line.split("&&"):
