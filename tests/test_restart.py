@@ -152,6 +152,7 @@ def _agreement_worker(rank: int, world: int, root: str) -> None:
             os.makedirs(cfg(name).output, exist_ok=True)
             for step in steps:
                 save_rank_checkpoint({"global_step": step, "epoch": 0}, cfg(name).output, rank, keep_previous=True)
+            dist.barrier()          # rank 0 reads every rank's files on resume: all written first, as in training
 
         # killed while saving step 12: rank 0 wrote it, rank 1 did not -> both resume from 10
         save("interrupted", [8, 10, 12] if rank == 0 else [8, 10])
