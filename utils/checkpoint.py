@@ -182,14 +182,6 @@ def save_rank_checkpoint(state: dict[str, Any], output: str, rank: int, keep_pre
     atomic_save(state, path)
 
 
-def saved_step(path: str) -> int | None:
-    """The global step stored in a checkpoint (tensors memory-mapped when the format allows); None if unusable."""
-    shard = read_shard(path, 0) if os.path.exists(path) else None
-    if shard is None and os.path.exists(path):
-        logging.warning("ignoring unreadable checkpoint %s", path)
-    return None if shard is None else shard.step
-
-
 def _held_steps(output: str, rank: int, world_size: int) -> tuple[dict[int, str], list[str]]:
     """{step: path} of this rank's files written by ``world_size`` ranks (or by the original), unreadable paths."""
     held, unreadable = {}, []
