@@ -844,8 +844,7 @@ class DALILoader:
         if dataset.header0 is None and keep == len(keys):
             return dataset.path_imgidx, keep
         path = os.path.join(self._tmpdir, "train.idx")
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(f"{k}\t{dataset.imgrec.idx[k]}\n" for k in keys[:keep])
+        recordio.write_index(path, dataset.imgrec, keys[:keep])
         return path, keep
 
     def _build(self, rec_path: str, idx_path: str, local_rank: int, seed: int, dali_aug: bool,

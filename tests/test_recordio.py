@@ -17,7 +17,7 @@ import torch
 from utils.errors import DataError
 from utils.recordio import (IRHeader, MXIndexedRecordIO, MXRecordIO, RecordIOError,
                             RecordIOKeyError, first_label, identity_ranges, pack, pack_img, read_layout,
-                            scan_labels, unpack, unpack_img)
+                            scan_labels, unpack, unpack_img, write_index)
 
 MAGIC = b"\x0a\x23\xd7\xce"
 REC_FIXTURES = {  # folder: (idx, rec)
@@ -493,3 +493,15 @@ def test_scan_labels_reads_headers_only(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "pread", lambda fd, n, pos: sizes.append(n) or real(fd, n, pos))
     assert scan_labels(rec, [3, 0, 4]) == [6, 0, 8]
     assert sizes and max(sizes) <= 36
+
+
+def test_write_index_keeps_the_chosen_keys_and_their_offsets(tmp_path, fixtures_dir):
+    src = fixtures_dir / "insightface_style"
+    rec = MXIndexedRecordIO(src / "train.idx", src / "train.rec", "r")
+    keys = read_layout(rec)[0][:5]
+    write_index(tmp_path / "images.idx", rec, keys)
+    subset = MXIndexedRecordIO(tmp_path / "images.idx", src / "train.rec", "r")
+    assert subset.keys == keys and all(subset.idx[k] == rec.idx[k] for k in keys)
+    assert [subset.read_idx(k) for k in keys] == [rec.read_idx(k) for k in keys]
+    with pytest.raises(RecordIOKeyError):
+        write_index(tmp_path / "bad.idx", rec, [10 ** 9])

@@ -22,7 +22,7 @@ from utils.errors import DataError
 __all__ = ["MXRecordIO", "MXIndexedRecordIO", "IRHeader", "pack", "unpack", "pack_img",
            "unpack_img", "RecordIOError", "RecordIOKeyError",
            # not in mx.recordio: the insightface layout and label readers
-           "first_label", "read_layout", "identity_ranges", "scan_labels"]
+           "first_label", "read_layout", "identity_ranges", "scan_labels", "write_index"]
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -303,7 +303,7 @@ class MXIndexedRecordIO(MXRecordIO):
         key = self.key_type(idx)
         pos = self.tell()
         self.write(buf)
-        _write_all(self.fidx, f"{key}\t{pos}\n".encode("utf-8"))
+        _write_all(self.fidx, _index_line(key, pos).encode("utf-8"))
         self.idx[key] = pos
         self.keys.append(key)
 
@@ -419,6 +419,17 @@ class MXIndexedRecordIO(MXRecordIO):
             raise RecordIOError(f"{self.idx_path} line {lineno}: expected 'key<TAB>offset', got "
                                 f"{line[:60]!r}; {_REBUILD}")
         return key, offset
+
+
+def _index_line(key: Any, offset: int) -> str:
+    return f"{key}\t{offset}\n"
+
+
+def write_index(path: str | os.PathLike, rec: MXIndexedRecordIO, keys: list) -> None:
+    """A .idx holding only ``keys`` of ``rec`` (same offsets), e.g. the image keys for a reader that
+    takes every line for an image (DALI)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(_index_line(k, rec._offset(k)) for k in keys)
 
 
 def _create(path: str):
