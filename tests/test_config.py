@@ -295,7 +295,9 @@ def test_validate_errors(tmp_path, override, key):
                                       "lr_scheduler=step", "warmup_epoch=20",
                                       "sample_rate=0", "warmup_epoch=-1"])  # both in original configs
 def test_validate_accepts_edges(tmp_path, override):
-    get_config(str(write_config(tmp_path, "config.num_epoch = 20\n")), [override])
+    cfg = get_config(str(write_config(tmp_path, "config.num_epoch = 20\n")), [override])
+    key, value = parse_override(override)
+    assert cfg[key] == value and cfg.num_epoch == 20
 
 
 @pytest.mark.parametrize("overrides, words", [
