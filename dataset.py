@@ -32,8 +32,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from utils import recordio
-from utils.data_check import SYNTHETIC, SYNTHETIC_IMAGES, find_layout, inspect_records, read_layout, \
-    record_paths, scan_image_folder
+from utils.data_check import SYNTHETIC, SYNTHETIC_IMAGES, find_layout, inspect_records, record_paths, \
+    scan_image_folder
 from utils.errors import ConfigError, DataError
 from utils.image import decode_bgr_hwc, normalize
 from utils.utils_distributed import pick_device
@@ -265,7 +265,7 @@ class MXFaceDataset(FaceDataset):
         self.local_rank = local_rank
         self.path_imgrec, self.path_imgidx = record_paths(root_dir)
         self.imgrec = recordio.MXIndexedRecordIO(self.path_imgidx, self.path_imgrec, "r")
-        keys, self.header = read_layout(self.imgrec)
+        keys, self.header = recordio.read_layout(self.imgrec)
         self.header0 = None if self.header is None else tuple(int(v) for v in self.header.label[:2])
         self.imgidx = np.asarray(keys, dtype=np.int64)
 
@@ -283,12 +283,15 @@ class MXFaceDataset(FaceDataset):
         except recordio.RecordIOError as err:
             raise BadRecordError(_first_line(err)) from None
         try:
-            header, payload = recordio.unpack(record)
-            image = decode_bgr_hwc(payload)
+            return decode_record(record)
         except DataError as err:
             raise BadRecordError(f"{self.where(index)}: {_first_line(err)}") from None
-        label = header.label if header.flag == 0 else header.label[0]
-        return image, int(label)
+
+
+def decode_record(record: bytes) -> tuple[np.ndarray, int]:
+    """(BGR HWC image, class) of one train.rec record, as training reads it (also im2rec --check's judge)."""
+    header, payload = recordio.unpack(record)
+    return decode_bgr_hwc(payload), int(recordio.first_label(header))
 
 
 class ImageFolderDataset(FaceDataset):
@@ -841,8 +844,7 @@ class DALILoader:
         if dataset.header0 is None and keep == len(keys):
             return dataset.path_imgidx, keep
         path = os.path.join(self._tmpdir, "train.idx")
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(f"{k}\t{dataset.imgrec.idx[k]}\n" for k in keys[:keep])
+        recordio.write_index(path, dataset.imgrec, keys[:keep])
         return path, keep
 
     def _build(self, rec_path: str, idx_path: str, local_rank: int, seed: int, dali_aug: bool,

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 from utils.errors import ArcFaceError, DataError
 from utils.recordio import (IRHeader, MXIndexedRecordIO, MXRecordIO, RecordIOError, pack, pack_img,
-                            unpack)
+                            read_layout, unpack)
 
 DEFAULT_EXTS = [".jpeg", ".jpg", ".png"]
 LIST_SEED = 100
@@ -388,37 +388,39 @@ def _rec_paths(arg: str) -> tuple:
 
 
 def _decode_check(job: tuple) -> tuple:
-    """What training would refuse in one record: the decode, the image size, a negative label."""
-    from utils.image import decode_bgr_hwc, face_size_problem
+    """What training would refuse in one record: the decode, the image size, a negative label.
 
-    key, offset, header, payload, error = job
-    if not error and payload is not None:
+    The record is read by the training loader's own decode_record (dataset.py), so --check
+    refuses exactly what a training run would.
+    """
+    from dataset import decode_record
+    from utils.image import face_size_problem
+
+    key, offset, record, error = job
+    if not error and record is not None:
         try:
-            error = face_size_problem(decode_bgr_hwc(payload).shape) or ""
+            image, label = decode_record(record)
+            error = face_size_problem(image.shape) or ""
         except DataError as err:
             error = str(err)
-        label = int(header.label if header.flag == 0 else header.label[0])
-        if not error and label < 0:
-            error = f"label {label} is negative: training takes class indices 0..num_classes-1"
+        else:
+            if not error and label < 0:
+                error = f"label {label} is negative: training takes class indices 0..num_classes-1"
     return key, offset, error
 
 
 def _indexed_jobs(reader: MXIndexedRecordIO, keys: list) -> Iterator:
-    """(key, offset, IRHeader, payload, error) for each image key, as the training loader reads it."""
+    """(key, offset, record, error) for each image key, read as the training loader reads it."""
     for key in keys:
         offset = reader.idx[key]
         try:
-            header, payload = unpack(reader.read_idx(key))
+            yield key, offset, reader.read_idx(key), ""
         except RecordIOError as err:
-            yield key, offset, None, None, str(err)
-        else:
-            yield key, offset, header, payload, ""
+            yield key, offset, None, str(err)
 
 
 def _image_keys(reader: MXIndexedRecordIO) -> tuple:
-    """(image keys, problem with record 0 or ""): the layout training reads (read_layout)."""
-    from utils.data_check import read_layout
-
+    """(image keys, problem with record 0 or ""): the layout training reads (recordio.read_layout)."""
     try:
         return read_layout(reader)[0], ""
     except RecordIOError as err:        # record 0 unreadable: report it, check every other key
@@ -428,7 +430,7 @@ def _image_keys(reader: MXIndexedRecordIO) -> tuple:
 def _sequential_jobs(rec_path: str) -> Iterator:
     """Jobs for a .rec without .idx, in file order; stops at the first unreadable framing.
 
-    Records with an empty payload (the insightface header and identity records) are skipped.
+    Records with an empty payload (the insightface header and identity records) are not checked.
     """
     reader = MXRecordIO(rec_path, "r")
     try:
@@ -438,16 +440,15 @@ def _sequential_jobs(rec_path: str) -> Iterator:
             try:
                 buf = reader.read()
             except RecordIOError as err:
-                yield f"#{n}", offset, None, None, str(err)
+                yield f"#{n}", offset, None, str(err)
                 return
             if buf is None:
                 return
             try:
-                header, payload = unpack(buf)
-            except RecordIOError as err:
-                yield f"#{n}", offset, None, None, str(err)
-            else:
-                yield f"#{n}", offset, header, payload if payload else None, ""
+                empty = not unpack(buf)[1]
+            except RecordIOError:
+                empty = False           # decode_record names the problem
+            yield f"#{n}", offset, None if empty else buf, ""
             n += 1
     finally:
         reader.close()
@@ -480,7 +481,7 @@ def _check_jobs(jobs: Iterator, total: Optional[int], rec_path: str, num_thread:
     """Run _decode_check over the jobs with a progress bar counting records; (count, bad)."""
     from tqdm import tqdm
 
-    import utils.image  # noqa: F401  (torch loads here, before the progress bar starts)
+    import dataset  # noqa: F401  (torch loads here, before the progress bar starts)
 
     count = 0
     bar = tqdm(ordered_map(_decode_check, jobs, num_thread), total=total, unit="rec",

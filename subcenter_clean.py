@@ -90,9 +90,8 @@ def read_records(rec_dir: str):
     keys, labels, payloads = [], [], []
     for key in data.imgidx.tolist():
         header, payload = recordio.unpack(data.imgrec.read_idx(int(key)))
-        label = header.label if header.flag == 0 else header.label[0]
         keys.append(int(key))
-        labels.append(int(label))
+        labels.append(int(recordio.first_label(header)))
         payloads.append(payload)
     return np.asarray(keys), np.asarray(labels, dtype=np.int64), payloads
 

@@ -32,7 +32,7 @@ BATCH_DIM = "None"
 RTOL = 1e-4
 EXTERNAL_DATA_BYTES = 1_800_000_000
 # insightface's ArcFaceONNX treats a graph whose first 8 nodes have both a Sub* and a Mul*
-# named node as an MXNet model fed raw 0..255 pixels (see FORMATS.md, ONNX).
+# named node as an MXNet model fed raw 0..255 pixels (docs/formats.md, "ONNX export").
 MXNET_SUB_PREFIXES = ("Sub", "_minus")
 MXNET_MUL_PREFIXES = ("Mul", "_mul")
 MXNET_CHECKED_NODES = 8

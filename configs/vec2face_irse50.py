@@ -1,5 +1,3 @@
-from easydict import EasyDict as edict
-
 # The recipe behind Vec2Face's published HSFace10K numbers (average 92.00 over the five benchmarks),
 # next to configs/vec2face.py (the seed's IR-50 setting):
 #     python train_v2.py configs/vec2face_irse50.py
@@ -11,7 +9,8 @@ from easydict import EasyDict as edict
 #   fp16 True; sample_rate 1.0; num_ims 500000; val_list lfw cfp_fp agedb_30 calfw cplfw;
 #   augment True; and torchvision `transforms.RandomErasing()` appended after Normalize, i.e. its
 #   defaults: p=0.5, scale (0.02, 0.33), ratio (0.3, 3.3), value 0. Horizontal flip p=0.5. No warm-up.
-# Here: the same values with this toolkit's keys. Differences that no key here expresses:
+# Here: the same values with this toolkit's keys (configs/_synthetic_10k.py, common and step_schedule,
+# gives the shared ones). Differences that no key here expresses:
 # - `augment = True` in that code is AdaFace's Augmenter(0.3, 0.3, 0.3): random-resized crop with
 #   zero padding, low-resolution resize, and colour jitter (brightness/contrast/saturation 0.5),
 #   each with probability 0.3. Not reproduced (aug_randaugment is a different operation).
@@ -24,34 +23,12 @@ from easydict import EasyDict as edict
 # of the first block of each stage and dropout 0.4 before the FC. This differs from ir_se50 (an SE
 # module on the residual branch of every block, no dropout), so it has its own name.
 
-config = edict()
+from configs._synthetic_10k import common, step_schedule
+
+config = step_schedule(common("./rec/vec2face"))
 config.margin_list = (1.0, 0.5, 0.0)
 config.network = "ir_se50_sotafr"  # SOTA-FR's iresnet 50, mode "se"
-config.resume = False
-config.save_all_states = True
-config.output = None  # -> work_dirs/vec2face_irse50
-config.embedding_size = 512
-config.sample_rate = 1.0
-config.fp16 = True
-config.optimizer = "sgd"
-config.momentum = 0.9
-config.weight_decay = 5e-4
 config.batch_size = 128
-config.lr = 0.1
 config.verbose = 4000  # 500,000 // 128 = 3,906 steps per epoch: about one verification per epoch
-config.frequent = 10
-config.dali = False
-config.num_workers = 8
-
-config.lr_scheduler = "step"
-config.lr_steps = (12, 20, 24)
-config.lr_gamma = 0.1
 config.aug_flip = True
 config.aug_random_erasing = 0.5
-
-config.rec = "./rec/vec2face"
-config.num_classes = "auto"  # expected 10,000
-config.num_image = "auto"  # expected 500,000
-config.num_epoch = 26
-config.warmup_epoch = 0
-config.val_targets = ["lfw", "cfp_fp", "agedb_30", "cplfw", "calfw"]

@@ -74,8 +74,7 @@ class TrainingSet:
         """(encoded image bytes, label) of sample ``index``."""
         if self.layout == "recordio":
             header, payload = recordio.unpack(self._records.imgrec.read_idx(int(self.keys[index])))
-            label = header.label if header.flag == 0 else header.label[0]
-            return payload, int(label)
+            return payload, int(recordio.first_label(header))
         path, label = self.samples[index]
         try:
             with open(path, "rb") as f:
@@ -115,18 +114,8 @@ class TrainingSet:
 
     def _empty_identity_records(self) -> list[str]:
         """insightface layout: identity records (start, end) that hold no image."""
-        header = self._records.header
-        if header is None or len(header.label) < 2:
-            return []
-        first, end = int(header.label[0]), int(header.label[1])
-        empty = []
-        for identity, key in enumerate(range(first, end)):
-            if key not in self._records.imgrec.idx:
-                break
-            label = recordio.unpack(self._records.imgrec.read_idx(key))[0].label
-            if len(np.atleast_1d(label)) >= 2 and int(label[1]) <= int(label[0]):
-                empty.append(str(identity))
-        return empty
+        ranges = recordio.identity_ranges(self._records.imgrec, self._records.header)
+        return [str(identity) for identity, (start, end) in enumerate(ranges) if end <= start]
 
 
 def image_header(payload: bytes) -> tuple[int, int, int, str]:

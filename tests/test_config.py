@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 from utils.errors import ArcFaceError, ConfigError
-from utils.utils_config import BASE_CONFIG, get_config, parse_override
+from utils.utils_config import BASE_CONFIG, CONFIGS_DIR, get_config, parse_override
 
 HEADER = "from easydict import EasyDict as edict\nconfig = edict()\n"
 
@@ -69,6 +70,39 @@ def test_calls_do_not_leak_into_each_other(tmp_path):
     second = get_config(str(write_config(tmp_path, "", name="second.py")))
     assert second.lr == base_defaults()["lr"]
     assert second.val_targets == base_defaults()["val_targets"]
+
+
+@pytest.fixture
+def installed_elsewhere(tmp_path, monkeypatch):
+    """The toolkit installed, run from another folder: neither the checkout nor `configs` on sys.path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")
+                                      and Path(p).resolve() != CONFIGS_DIR.parent])
+    before = {m: mod for m, mod in sys.modules.items() if m == "configs" or m.startswith("configs.")}
+    for name in before:
+        del sys.modules[name]
+    yield tmp_path
+    for name in [m for m in sys.modules if m == "configs" or m.startswith("configs.")]:
+        del sys.modules[name]
+    sys.modules.update(before)
+
+
+def test_a_config_imports_a_toolkit_recipe_from_any_folder(installed_elsewhere):
+    copy = write_config(installed_elsewhere, 'from configs._synthetic_10k import seed_ir50\n'
+                        'config = seed_ir50("/data/mine")\nconfig.lr = 0.05\n', name="mine.py", header="")
+    cfg = get_config(str(copy))
+    assert (cfg.network, cfg.rec, cfg.lr, cfg.batch_size) == ("LResNet50E_IR", "/data/mine", 0.05, 128)
+
+
+def test_a_users_own_configs_folder_does_not_hide_the_recipes(installed_elsewhere):
+    own = installed_elsewhere / "configs"
+    own.mkdir()
+    (own / "mine_part.py").write_text("LR = 0.03\n")
+    sys.path.insert(0, str(installed_elsewhere))        # the user's configs/ is importable from here
+    path = write_config(own, 'from configs._synthetic_10k import seed_ir50\nfrom configs.mine_part import LR\n'
+                        'config = seed_ir50("/data/mine")\nconfig.lr = LR\n', name="run.py", header="")
+    cfg = get_config(str(path))
+    assert (cfg.network, cfg.lr) == ("LResNet50E_IR", 0.03)
 
 
 def test_missing_file(tmp_path):
@@ -261,7 +295,9 @@ def test_validate_errors(tmp_path, override, key):
                                       "lr_scheduler=step", "warmup_epoch=20",
                                       "sample_rate=0", "warmup_epoch=-1"])  # both in original configs
 def test_validate_accepts_edges(tmp_path, override):
-    get_config(str(write_config(tmp_path, "config.num_epoch = 20\n")), [override])
+    cfg = get_config(str(write_config(tmp_path, "config.num_epoch = 20\n")), [override])
+    key, value = parse_override(override)
+    assert cfg[key] == value and cfg.num_epoch == 20
 
 
 @pytest.mark.parametrize("overrides, words", [

@@ -12,12 +12,16 @@ from conftest import REPO, SHARED
 from utils.utils_config import get_config
 
 CONFIGS = REPO / "configs"
-# demo_adaface.py generates its data set on import; it is tested with its demo.
-NOT_LOOPED = {"demo_adaface.py", "__init__.py"}
-ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.py") if p.name not in NOT_LOOPED)
+# configs/_<name>.py are parts that configs import (the shared recipes), not configs themselves
+ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.py") if not p.name.startswith("_"))
 
 SEED_SETS = ("dcface", "cemiface", "vec2face", "uiface")
 SEED_TARGETS = ["lfw", "cfp_fp", "agedb_30", "cplfw", "calfw"]
+# every config built on configs/_synthetic_10k.py -> the seed-table data set it trains on
+SYNTHETIC_CONFIGS = {**{name: name for name in SEED_SETS}, "dcface_adaface_irse50": "dcface",
+                     "cemiface_adaface_irse50": "cemiface", "vec2face_irse50": "vec2face"}
+# keys that are the config file's own, not the recipe's (config_file/output follow the file name)
+PER_FILE = {"config_file", "output"}
 
 # Values read from deepinsight/insightface recognition/arcface_torch/configs/<name>.py.
 ORIGINAL = {
@@ -73,9 +77,6 @@ def test_standard_configs_keep_the_original_values(name):
     for key, value in ORIGINAL[name].items():
         assert cfg[key] == value, f"{name}: {key} = {cfg[key]!r}, the original has {value!r}"
     assert cfg.fp16 is True and cfg.resume is False and cfg.dali is False
-    text = (CONFIGS / f"{name}.py").read_text()
-    assert f"values from the original arcface_torch configs/{name}.py" in text
-    assert "from easydict import EasyDict as edict" in text and "config = edict()" in text
 
 
 def seed_table() -> dict[str, tuple[int, int]]:
@@ -98,17 +99,54 @@ def test_seed_configs(name):
     assert cfg.margin_list == (1.0, 0.5, 0.0)
 
 
-@pytest.mark.parametrize("name", SEED_SETS)
-def test_seed_config_comments_match_the_seed_table(name):
-    identities, images = seed_table()[name]
-    text = (CONFIGS / f"{name}.py").read_text()
-    said_classes = int(re.search(r"num_classes = \"auto\"\s+# expected ([\d,]+)", text)[1].replace(",", ""))
-    said_images = int(re.search(r"num_image = \"auto\"\s+# expected ([\d,]+)", text)[1].replace(",", ""))
-    assert said_classes == identities
-    assert abs(said_images - images) <= 0.01 * images
+@pytest.mark.parametrize("name", sorted(SYNTHETIC_CONFIGS))
+def test_synthetic_configs_fit_their_data_set_and_verify_once_per_epoch(name):
+    """On the seed table's data set: no data/config disagreement, "auto" counts, ~1 verification/epoch."""
+    from utils.data_check import DataInfo, check_data_vs_config, resolve_auto
+    from utils.utils_train import set_step_counts
+    identities, images = seed_table()[SYNTHETIC_CONFIGS[name]]
     cfg = load(f"{name}.py")
-    steps_per_epoch = said_images // cfg.batch_size
-    assert 0.5 * steps_per_epoch <= cfg.verbose <= 1.5 * steps_per_epoch, "verify about once per epoch"
+    info = DataInfo(images, identities, 0, identities - 1, "header", cfg.rec)
+    assert check_data_vs_config(cfg, info, world_size=1) == []
+    resolve_auto(cfg, info)
+    assert (cfg.num_classes, cfg.num_image) == (identities, images)
+    set_step_counts(cfg, world_size=1)
+    assert 0.5 * cfg.steps_per_epoch <= cfg.verbose <= 1.5 * cfg.steps_per_epoch, "verify about once per epoch"
+    assert cfg.total_step == cfg.steps_per_epoch * 26
+
+
+def _resolved(name: str) -> dict:
+    return {k: v for k, v in load(f"{name}.py").items() if k not in PER_FILE}
+
+
+def _differing(a: dict, b: dict) -> set:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def test_synthetic_configs_share_the_recipe():
+    """The recipe's keys hold its values in all seven; the files differ only in their stated keys."""
+    from configs._synthetic_10k import common
+    shared = {k: v for k, v in common("unused").items() if k not in PER_FILE | {"rec"}}
+    for name in SYNTHETIC_CONFIGS:
+        cfg = _resolved(name)
+        assert {k: cfg[k] for k in shared} == shared, name
+        assert cfg["rec"] == f"./rec/{SYNTHETIC_CONFIGS[name]}", name
+    seed = {name: _resolved(name) for name in SEED_SETS}
+    for name in SEED_SETS[1:]:
+        assert _differing(seed["dcface"], seed[name]) == {"rec"}, name
+    assert _differing(_resolved("dcface_adaface_irse50"), _resolved("cemiface_adaface_irse50")) == {"rec"}
+    assert _differing(seed["dcface"], _resolved("dcface_adaface_irse50")) == {
+        "margin", "margin_params", "network", "batch_size", "verbose", "lr_scheduler", "lr_steps",
+        "warmup_epoch"}
+    assert _differing(seed["vec2face"], _resolved("vec2face_irse50")) == {
+        "network", "lr_scheduler", "lr_steps", "warmup_epoch", "aug_random_erasing"}
+
+
+def test_recipe_calls_return_independent_configs():
+    from configs._synthetic_10k import seed_ir50
+    first = seed_ir50("./rec/a")
+    first.val_targets.append("extra")
+    assert seed_ir50("./rec/b").val_targets == SEED_TARGETS
 
 
 def test_vec2face_irse50_recipe():
@@ -154,9 +192,17 @@ def test_original_positives_only_config_builds_its_partial_fc():
     assert torch.isfinite(loss) and pfc.weight_index.tolist() == [3, 50, 99]
 
 
-def test_configs_have_no_side_effects_on_import(tmp_path, monkeypatch):
-    """Loading configs/demo.py writes nothing: train_v2 generates the demo data (demo_data = True)."""
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_configs_have_no_side_effects_on_import(name, tmp_path, monkeypatch):
+    """Loading a config writes nothing (the demos' data is generated by train_v2: demo_data = True)."""
     monkeypatch.chdir(tmp_path)
-    cfg = get_config(str(CONFIGS / "demo.py"))
-    assert cfg.demo_data is True and cfg.rec == "work_dirs/demo_data"
+    before = sorted(p.name for p in CONFIGS.iterdir() if p.name != "__pycache__")
+    get_config(str(CONFIGS / name))
     assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in CONFIGS.iterdir() if p.name != "__pycache__") == before
+
+
+@pytest.mark.parametrize("name", ["demo.py", "demo_adaface.py"])
+def test_demo_configs_ask_train_v2_for_their_data(name):
+    cfg = load(name)
+    assert cfg.demo_data is True and cfg.rec == "work_dirs/demo_data" and cfg.val_targets == ["demo_val"]

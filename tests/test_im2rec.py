@@ -357,6 +357,32 @@ def test_check_refuses_exactly_what_training_refuses(tmp_path, fixtures_dir, cap
     assert refused == [1, 2, 3, 4, 5]
 
 
+def test_check_judges_records_with_the_training_decoder(work, monkeypatch, capsys):
+    """--check calls the loader's dataset.decode_record: what training refuses, --check refuses."""
+    import dataset
+    real = dataset.decode_record
+    seen = []
+
+    def training_decoder(record):
+        seen.append(unpack(record)[0].id)
+        if unpack(record)[0].id == 7:
+            raise DataError("refused by the training decoder")
+        return real(record)
+
+    assert run(work / "train", work / "images", "--pass-through") == 0
+    monkeypatch.setattr(dataset, "decode_record", training_decoder)
+    capsys.readouterr()
+    assert run("--check", work / "train.rec") == 1
+    out = capsys.readouterr()
+    assert "checked 24 records: 1 bad (keys 7)" in out.out
+    assert "refused by the training decoder" in out.err
+    assert sorted(seen) == sorted(read_lst_keys(work / "train.lst"))
+
+
+def read_lst_keys(path) -> list:
+    return [int(line.split("\t")[0]) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 @pytest.mark.parametrize("name, bad", [("truncated", 2), ("bad_magic", 1)])
 def test_check_on_the_corrupt_fixtures(fixtures_dir, capsys, name, bad):
     assert run("--check", fixtures_dir / "corrupt" / f"{name}.rec") == 1

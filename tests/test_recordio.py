@@ -16,7 +16,8 @@ import torch
 
 from utils.errors import DataError
 from utils.recordio import (IRHeader, MXIndexedRecordIO, MXRecordIO, RecordIOError,
-                            RecordIOKeyError, pack, pack_img, unpack, unpack_img)
+                            RecordIOKeyError, first_label, identity_ranges, pack, pack_img, read_layout,
+                            scan_labels, unpack, unpack_img, write_index)
 
 MAGIC = b"\x0a\x23\xd7\xce"
 REC_FIXTURES = {  # folder: (idx, rec)
@@ -430,3 +431,77 @@ def test_dataloader_workers(fixtures_dir, manifest, context):
     assert got == rows
     assert os.getpid() not in pids and len(pids) == 2
     assert rec.read() is None
+
+
+# ---------------------------------------------------------------- labels and the insightface layout
+
+def test_first_label_of_scalar_and_array_labels():
+    assert first_label(unpack(pack(IRHeader(0, 3.0, 1, 0), b"x"))[0]) == 3.0
+    assert first_label(unpack(pack(IRHeader(0, [5.0, 2.0], 1, 0), b"x"))[0]) == 5.0
+
+
+def _full_labels(rec: MXIndexedRecordIO, keys: list) -> list:
+    return [int(first_label(unpack(rec.read_idx(k))[0])) for k in keys]
+
+
+def test_read_layout_and_identity_ranges_of_the_insightface_fixture(fixtures_dir):
+    rec = MXIndexedRecordIO(fixtures_dir / "insightface_style" / "train.idx",
+                            fixtures_dir / "insightface_style" / "train.rec", "r")
+    keys, header = read_layout(rec)
+    first, end = int(header.label[0]), int(header.label[1])
+    assert keys == list(range(1, first))
+    ranges = identity_ranges(rec, header)
+    assert len(ranges) == end - first
+    assert ranges[0][0] == 1 and ranges[-1][1] == first
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))       # contiguous, grouped by class
+    labels = _full_labels(rec, keys)
+    for identity, (start, stop) in enumerate(ranges):
+        assert labels[start - 1:stop - 1] == [identity] * (stop - start)
+
+
+def test_read_layout_without_header_takes_every_key(fixtures_dir):
+    rec = MXIndexedRecordIO(fixtures_dir / "mx_im2rec" / "train.idx", fixtures_dir / "mx_im2rec" / "train.rec", "r")
+    keys, header = read_layout(rec)
+    assert header is None and keys == rec.keys
+    assert identity_ranges(rec, header) == []
+
+
+def test_read_layout_refuses_a_header_past_the_index(tmp_path):
+    with MXIndexedRecordIO(tmp_path / "t.idx", tmp_path / "t.rec", "w") as w:
+        w.write_idx(0, pack(IRHeader(0, [9.0, 12.0], 0, 0), b""))
+        w.write_idx(1, pack(IRHeader(0, 0.0, 1, 0), b"img"))
+    rec = MXIndexedRecordIO(tmp_path / "t.idx", tmp_path / "t.rec", "r")
+    with pytest.raises(RecordIOError, match=r"t.rec: header record 0 says images are keys 1..8"):
+        read_layout(rec)
+
+
+@pytest.mark.parametrize("folder", ["mx_im2rec", "insightface_style", "mx_multipart", "split_record"])
+def test_scan_labels_reads_what_the_full_reader_reads(fixtures_dir, folder):
+    idx = next((fixtures_dir / folder).glob("*.idx"))
+    rec = MXIndexedRecordIO(idx, idx.with_suffix(".rec"), "r")
+    keys = read_layout(rec)[0][::-1]          # any key order: labels come back in that order
+    assert scan_labels(rec, keys) == _full_labels(rec, keys)
+
+
+def test_scan_labels_reads_headers_only(tmp_path, monkeypatch):
+    with MXIndexedRecordIO(tmp_path / "t.idx", tmp_path / "t.rec", "w") as w:
+        for key in range(5):
+            w.write_idx(key, pack(IRHeader(0, [float(key * 2), 1.0], key, 0), bytes(5000)))
+    rec = MXIndexedRecordIO(tmp_path / "t.idx", tmp_path / "t.rec", "r")
+    sizes = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, pos: sizes.append(n) or real(fd, n, pos))
+    assert scan_labels(rec, [3, 0, 4]) == [6, 0, 8]
+    assert sizes and max(sizes) <= 36
+
+
+def test_write_index_keeps_the_chosen_keys_and_their_offsets(tmp_path, fixtures_dir):
+    src = fixtures_dir / "insightface_style"
+    rec = MXIndexedRecordIO(src / "train.idx", src / "train.rec", "r")
+    keys = read_layout(rec)[0][:5]
+    write_index(tmp_path / "images.idx", rec, keys)
+    subset = MXIndexedRecordIO(tmp_path / "images.idx", src / "train.rec", "r")
+    assert subset.keys == keys and all(subset.idx[k] == rec.idx[k] for k in keys)
+    assert [subset.read_idx(k) for k in keys] == [rec.read_idx(k) for k in keys]
+    with pytest.raises(RecordIOKeyError):
+        write_index(tmp_path / "bad.idx", rec, [10 ** 9])

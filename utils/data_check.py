@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -27,8 +26,6 @@ EXPECTED = ("train.rec + train.idx (made by python -m im2rec), or an image folde
 CACHE_SUFFIX = ".labels.json"
 _CACHE_VERSION = 1
 _NUM_IMAGE_TOLERANCE = 0.01
-_HEAD = struct.Struct("<II")        # RecordIO part: magic, cflag << 29 | length
-_IR_LABEL = struct.Struct("<IfQQf")  # IRHeader (flag, label, id, id2) + the first label float
 
 logger = logging.getLogger(__name__)
 
@@ -70,26 +67,6 @@ def find_layout(root: str | os.PathLike) -> str:
                     f"expected {EXPECTED}")
 
 
-def read_layout(rec: recordio.MXIndexedRecordIO) -> tuple[list, Optional[recordio.IRHeader]]:
-    """Image keys of an indexed .rec and its insightface header (None when there is none).
-
-    insightface layout: record 0 has flag > 0 and an empty payload, images are keys
-    1 .. label[0]-1. Otherwise every key of the .idx is an image, in .idx order (a record 0 with
-    a label array *and* an image, as im2rec --pack-label writes, is an ordinary image).
-    """
-    if 0 not in rec.idx:
-        return list(rec.keys), None
-    header, payload = recordio.unpack(rec.read_idx(0))
-    if header.flag == 0 or len(payload):
-        return list(rec.keys), None
-    end = int(header.label[0])
-    if end < 2 or 1 not in rec.idx or end - 1 not in rec.idx:
-        raise DataError(f"{rec.uri}: header record 0 says images are keys 1..{end - 1}, which "
-                        f"{rec.idx_path} does not hold: the .idx does not belong to this .rec or "
-                        f"the files are damaged (copy both again)")
-    return list(range(1, end)), header
-
-
 def inspect_data(rec_dir: str | os.PathLike, *, scan: bool = True) -> DataInfo:
     """Number of images and classes and the label range of the data in ``rec_dir``.
 
@@ -106,7 +83,7 @@ def inspect_data(rec_dir: str | os.PathLike, *, scan: bool = True) -> DataInfo:
     rec_path, idx_path = record_paths(rec_dir)
     rec = recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
     try:
-        keys, header = read_layout(rec)
+        keys, header = recordio.read_layout(rec)
         return inspect_records(rec_dir, rec, keys, header, scan=scan)
     finally:
         rec.close()
@@ -114,7 +91,7 @@ def inspect_data(rec_dir: str | os.PathLike, *, scan: bool = True) -> DataInfo:
 
 def inspect_records(rec_dir: str, rec: recordio.MXIndexedRecordIO, keys: list,
                     header: Optional[recordio.IRHeader], *, scan: bool = True) -> DataInfo:
-    """inspect_data for an already opened train.rec whose layout ``read_layout`` returned."""
+    """inspect_data for an already opened train.rec whose layout ``recordio.read_layout`` returned."""
     if header is not None:
         return _info_from_header(rec, keys, header)
     info = _info_from_lst(rec_dir, rec, keys)
@@ -250,14 +227,11 @@ def _check_labels(info: DataInfo, num_classes: Optional[int], warnings: list[str
                         f"{num_classes - info.max_label - 1} class centres never see an image")
 
 
-def _label0(header: recordio.IRHeader) -> int:
-    return int(header.label if header.flag == 0 else header.label[0])
-
-
 def _info_from_header(rec: recordio.MXIndexedRecordIO, keys: list,
                       header: recordio.IRHeader) -> DataInfo:
     """Counts from record 0; the label range from the first and last image (grouped by class)."""
-    first, last = (_label0(recordio.unpack(rec.read_idx(k))[0]) for k in (keys[0], keys[-1]))
+    first, last = (int(recordio.first_label(recordio.unpack(rec.read_idx(k))[0]))
+                   for k in (keys[0], keys[-1]))
     num_classes = None
     if header.flag >= 2 and header.label[1] > header.label[0]:
         num_classes = int(header.label[1]) - int(header.label[0])
@@ -294,26 +268,8 @@ def _summary(labels: list, source: str, path: str) -> DataInfo:
 
 
 def _scan_headers(rec: recordio.MXIndexedRecordIO, keys: list) -> DataInfo:
-    """label[0] of every record, reading 36 bytes per record in file order (never the image)."""
-    labels = []
-    with open(rec.uri, "rb", buffering=0) as f:
-        for offset, key in sorted((rec.idx[k], k) for k in keys):
-            label = _fast_label0(os.pread(f.fileno(), 8 + _IR_LABEL.size, offset))
-            if label is None:   # header cut into parts, short record or damage: the full reader decides
-                label = _label0(recordio.unpack(rec.read_idx(key))[0])
-            labels.append(label)
-    return _summary(labels, "scan", rec.uri)
-
-
-def _fast_label0(buf: bytes) -> Optional[int]:
-    """label[0] from a record's first 36 bytes, or None when they do not hold the whole header."""
-    if len(buf) < 8 + _IR_LABEL.size:
-        return None
-    magic, word = _HEAD.unpack_from(buf)
-    flag, label, _, _, first = _IR_LABEL.unpack_from(buf, 8)
-    if magic != recordio.MAGIC or (word & ((1 << 29) - 1)) < _IR_LABEL.size - (0 if flag else 4):
-        return None
-    return int(label if flag == 0 else first)
+    """label[0] of every record, reading its header only (never the image)."""
+    return _summary(recordio.scan_labels(rec, keys), "scan", rec.uri)
 
 
 def _stamp(rec_path: str, idx_path: str) -> dict:

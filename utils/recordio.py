@@ -1,7 +1,9 @@
 """MXNet RecordIO (.rec/.idx) without mxnet: a drop-in for ``mxnet.recordio``.
 
 Replace ``from mxnet import recordio`` (or ``mx.recordio``) by ``from utils import recordio``.
-Files written here are byte-identical to MXNet 1.x's writer; see spec/FORMATS.md for the layout.
+Files written here are byte-identical to MXNet 1.x's writer; docs/formats.md describes the layout.
+This module is the one reader of that layout: the record framing, the IRHeader, and the insightface
+train.rec layout (header record 0, identity records: ``read_layout``, ``identity_ranges``).
 Readers use ``os.pread`` on a descriptor opened lazily in each process, so a reader can be
 pickled into DataLoader workers (fork or spawn) and read by key without sharing file offsets.
 """
@@ -18,7 +20,9 @@ import numpy as np
 from utils.errors import DataError
 
 __all__ = ["MXRecordIO", "MXIndexedRecordIO", "IRHeader", "pack", "unpack", "pack_img",
-           "unpack_img", "RecordIOError", "RecordIOKeyError"]
+           "unpack_img", "RecordIOError", "RecordIOKeyError",
+           # not in mx.recordio: the insightface layout and label readers
+           "first_label", "read_layout", "identity_ranges", "scan_labels", "write_index"]
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -27,6 +31,7 @@ _LEN_MASK = (1 << 29) - 1
 _IR_FORMAT = "<IfQQ"
 _IR_STRUCT = struct.Struct(_IR_FORMAT)
 _IR_SIZE = _IR_STRUCT.size
+_IR_LABEL0 = struct.Struct(_IR_FORMAT + "f")     # the IRHeader and the first float of a label array
 
 _MAX_EXTENT = 1 << 20       # one-read fast path for records up to 1 MiB
 
@@ -298,7 +303,7 @@ class MXIndexedRecordIO(MXRecordIO):
         key = self.key_type(idx)
         pos = self.tell()
         self.write(buf)
-        _write_all(self.fidx, f"{key}\t{pos}\n".encode("utf-8"))
+        _write_all(self.fidx, _index_line(key, pos).encode("utf-8"))
         self.idx[key] = pos
         self.keys.append(key)
 
@@ -416,6 +421,17 @@ class MXIndexedRecordIO(MXRecordIO):
         return key, offset
 
 
+def _index_line(key: Any, offset: int) -> str:
+    return f"{key}\t{offset}\n"
+
+
+def write_index(path: str | os.PathLike, rec: MXIndexedRecordIO, keys: list) -> None:
+    """A .idx holding only ``keys`` of ``rec`` (same offsets), e.g. the image keys for a reader that
+    takes every line for an image (DALI)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(_index_line(k, rec._offset(k)) for k in keys)
+
+
 def _create(path: str):
     """Unbuffered: a forked child that inherits a writer can never flush duplicate data."""
     try:
@@ -514,3 +530,78 @@ def pack_img(header: IRHeader, img: np.ndarray, quality: int = 95, img_fmt: str 
     if not ok:
         raise ValueError(f"cv2.imencode could not encode an image of shape {np.shape(img)} as {img_fmt}")
     return pack(header, buf.tobytes())
+
+
+# ---------------------------------------------------------------- labels and the insightface layout
+
+def first_label(header: IRHeader) -> float:
+    """A record's class: its label, or label[0] when the header holds a label array."""
+    return header.label if header.flag == 0 else header.label[0]
+
+
+def read_layout(rec: MXIndexedRecordIO) -> tuple[list, Optional[IRHeader]]:
+    """Image keys of an indexed .rec and its insightface header (None when there is none).
+
+    insightface layout: record 0 has flag > 0 and an empty payload; its label holds
+    [first identity key, end of the identity keys], so the images are keys 1 .. label[0]-1.
+    Otherwise every key of the .idx is an image, in .idx order (a record 0 with a label array
+    *and* an image, as im2rec --pack-label writes, is an ordinary image).
+    """
+    if 0 not in rec.idx:
+        return list(rec.keys), None
+    header, payload = unpack(rec.read_idx(0))
+    if header.flag == 0 or len(payload):
+        return list(rec.keys), None
+    end = int(header.label[0])
+    if end < 2 or 1 not in rec.idx or end - 1 not in rec.idx:
+        raise RecordIOError(f"{rec.uri}: header record 0 says images are keys 1..{end - 1}, which "
+                            f"{rec.idx_path} does not hold: the .idx does not belong to this .rec or "
+                            f"the files are damaged (copy both again)")
+    return list(range(1, end)), header
+
+
+def identity_ranges(rec: MXIndexedRecordIO, header: Optional[IRHeader]) -> list[tuple[int, int]]:
+    """[start, end) image keys of each identity record the insightface header points at, in order.
+
+    Stops at the first identity key missing from the .idx or not holding a (start, end) label;
+    [] without an insightface header.
+    """
+    if header is None or header.flag < 2:
+        return []
+    ranges = []
+    for key in range(int(header.label[0]), int(header.label[1])):
+        if key not in rec.idx:
+            break
+        label = np.atleast_1d(unpack(rec.read_idx(key))[0].label)
+        if label.size < 2:
+            break
+        ranges.append((int(label[0]), int(label[1])))
+    return ranges
+
+
+def scan_labels(rec: MXIndexedRecordIO, keys: list) -> list[int]:
+    """first_label of each record of ``keys`` (same order), reading only its header.
+
+    36 bytes per record, in file order (never the image); a header cut into parts, a short record
+    or damage falls back to the full reader, which names the problem.
+    """
+    rec._check_reader()
+    fd = rec._ensure_fd()
+    labels: list = [0] * len(keys)
+    for offset, position in sorted((rec._offset(k), i) for i, k in enumerate(keys)):
+        label = _label_from_head(os.pread(fd, 8 + _IR_LABEL0.size, offset))
+        if label is None:
+            label = first_label(unpack(rec.read_idx(keys[position]))[0])
+        labels[position] = int(label)
+    return labels
+
+
+def _label_from_head(buf: bytes) -> Optional[float]:
+    """first_label from a record's first 36 bytes, or None when they do not hold the whole header."""
+    if len(buf) < 8 + _IR_LABEL0.size:
+        return None
+    magic, word = _PART_HEAD.unpack_from(buf)
+    flag, label, _, _, first = _IR_LABEL0.unpack_from(buf, 8)
+    if magic != MAGIC or word >> 29 not in (0, 1) or (word & _LEN_MASK) < _IR_LABEL0.size - (0 if flag else 4):
+        return None
+    return label if flag == 0 else first

@@ -6,6 +6,7 @@ import difflib
 import importlib.util
 import math
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable, Mapping
@@ -16,6 +17,7 @@ from utils.errors import ConfigError
 from utils.margin_schema import check_margin_config
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.py"
+CONFIGS_DIR = BASE_CONFIG.parent
 
 # Keys whose value may be of more than one kind; every other key must match its default's type.
 SPECIAL_TYPES: dict[str, tuple[str, ...]] = {
@@ -31,11 +33,32 @@ SPECIAL_TYPES: dict[str, tuple[str, ...]] = {
 DERIVED_KEYS = ("total_batch_size", "warmup_step", "total_step", "world_size")
 
 
+def _configs_package() -> None:
+    """Make ``from configs.<recipe> import ...`` work in a config file loaded from any folder.
+
+    configs/ is not an installed package (pyproject installs backbones, eval and utils): with the
+    toolkit installed and another working directory, ``import configs`` would fail, or find only a
+    user's own configs/ folder. Registered once, toolkit folder first; a ``configs`` package with an
+    __init__.py (a user's real package) or one already imported is left alone.
+    """
+    if "configs" in sys.modules:
+        return
+    found = importlib.util.find_spec("configs")
+    if found is not None and found.origin not in (None, "namespace"):
+        return
+    others = [p for p in (found.submodule_search_locations or []) if Path(p).resolve() != CONFIGS_DIR] \
+        if found is not None else []
+    package = ModuleType("configs", "The toolkit's config files (registered by utils.utils_config).")
+    package.__path__ = [str(CONFIGS_DIR)] + others
+    sys.modules["configs"] = package
+
+
 def _load_module(path: Path) -> ModuleType:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (give the path of a .py config, e.g. configs/dcface.py)")
     spec = importlib.util.spec_from_file_location(f"arcface_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    _configs_package()
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # a config is user code: report where it failed
