@@ -23,12 +23,12 @@ from utils.checkpoint import (OutputLock, StopRequest, atomic_save, checkpoint_p
 from utils.data_check import check_data_vs_config, check_val_targets, inspect_data, resolve_auto
 from utils.demo_data import ensure_demo_data
 from utils.errors import ArcFaceError
-from utils.utils_callbacks import CallBackLogging, CallBackVerification, build_metric_writers
+from callbacks import CallBackLogging, CallBackVerification, build_metric_writers
 from utils.run_config import describe_run, write_run_config
 from utils.utils_config import config_warnings, get_config
 from utils.utils_distributed import cleanup, keep_freed_cpu_memory, setup, setup_seed
 from utils.utils_logging import AverageMeter, init_logging
-from utils.utils_train import (GradScaleWatch, build_backbone, build_grad_scaler, build_lr_scheduler,
+from training import (GradScaleWatch, build_backbone, build_grad_scaler, build_lr_scheduler,
                                build_optimizer, config_changes, load_pretrained, log_config, masked_config,
                                restore_group_settings, restore_schedule, resume_position, set_step_counts,
                                train_step)

@@ -54,7 +54,7 @@ from partial_fc_v2 import PartialFC_V2  # noqa: E402
 from utils.image import normalize  # noqa: E402
 from utils.utils_config import get_config  # noqa: E402
 from utils.utils_distributed import DistInfo  # noqa: E402
-from utils.utils_train import (build_backbone, build_grad_scaler, build_lr_scheduler, build_optimizer,  # noqa: E402
+from training import (build_backbone, build_grad_scaler, build_lr_scheduler, build_optimizer,  # noqa: E402
                                set_step_counts, train_step)
 
 RESULTS = REPO / "bench" / "RESULTS_train.md"
