@@ -79,7 +79,7 @@ def get_dataloader(root_dir: str, local_rank: int, batch_size: int, dali: bool =
         known_classes = inspect_records(root_dir, dataset.imgrec, dataset.imgidx.tolist(),
                                         dataset.header, scan=False).num_classes
     else:
-        dataset = ImageFolderDataset(root_dir, local_rank, aug=aug, num_classes=num_classes,
+        dataset = ImageFolderDataset(root_dir, aug=aug, num_classes=num_classes,
                                      budget=BadSampleBudget(max_bad_samples))
         known_classes = len(dataset.classes)
     if dali and layout != SYNTHETIC:
@@ -191,11 +191,6 @@ class FaceDataset(Dataset):
         """Decoded uint8 BGR (H, W, 3) image and label of sample ``index`` (raises DataError)."""
         raise NotImplementedError
 
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
-        """Decoded uint8 RGB (3, H, W) image and label of sample ``index`` (raises DataError)."""
-        image, label = self.load_bgr(index)
-        return bgr_to_rgb_chw(image), label
-
     def __getitem__(self, item) -> tuple[torch.Tensor, int]:
         index, sample_seed = _index_and_seed(item)
         image, label = self._load_or_replace(index, sample_seed)
@@ -260,9 +255,9 @@ class MXFaceDataset(FaceDataset):
     """MXNet RecordIO (train.rec + train.idx), with or without the insightface header record."""
 
     def __init__(self, root_dir: str, local_rank: int = 0, **kwargs):
+        # local_rank: the original's signature; the device is the loader's, not the dataset's
         super().__init__(**kwargs)
         self.root_dir = root_dir
-        self.local_rank = local_rank
         self.path_imgrec, self.path_imgidx = record_paths(root_dir)
         self.imgrec = recordio.MXIndexedRecordIO(self.path_imgidx, self.path_imgrec, "r")
         keys, self.header = read_layout(self.imgrec)
@@ -294,10 +289,9 @@ class MXFaceDataset(FaceDataset):
 class ImageFolderDataset(FaceDataset):
     """One sub-folder of images per identity; classes in sorted folder order (as ImageFolder)."""
 
-    def __init__(self, root_dir: str, local_rank: int = 0, **kwargs):
+    def __init__(self, root_dir: str, **kwargs):
         super().__init__(**kwargs)
         self.root_dir = root_dir
-        self.local_rank = local_rank
         self.classes, self.samples = scan_image_folder(root_dir)
 
     def __len__(self) -> int:
@@ -446,10 +440,6 @@ class DistributedBatchSampler(Sampler):
             order = order.repeat(math.ceil(self.padded / self.num_samples))[:self.padded]
         return order
 
-    def rank_order(self) -> torch.Tensor:
-        """This rank's sample indices for the current epoch (before batching)."""
-        return self.epoch_order()[self.rank:self.padded:self.world_size]
-
     def __iter__(self) -> Iterator[list]:
         # the position belongs to the epoch, not to the first iterator: torch's multi-process
         # loader calls iter() on its batch sampler twice per epoch, so a reset here lost it.
@@ -584,7 +574,7 @@ class FaceDataLoader:
         self.num_images = len(dataset)
         self.num_classes = num_classes
         self.batch_size = batch_size
-        self.local_rank, self.rank, self.world_size = local_rank, rank, world_size
+        self.rank, self.world_size = rank, world_size
         self.device = pick_device(local_rank)
         if self.num_images < world_size * batch_size:
             raise ConfigError(f"{self.num_images} images cannot fill one batch of {batch_size} on "
@@ -604,9 +594,6 @@ class FaceDataLoader:
         """Order of ``epoch``; the next iteration starts at batch ``start_batch`` (or sample position
         ``start_sample``, after a resume on another world size) of it."""
         self.sampler.set_epoch(epoch, start_batch, start_sample)
-
-    def reset(self) -> None:
-        """Nothing to do (DALI loaders need it; kept for the same interface)."""
 
     def state_dict(self) -> dict:
         """Nothing beyond (epoch, batch): the order is a function of them (DALI loaders hold more)."""
@@ -817,9 +804,6 @@ class DALILoader:
                            "skipping %d batches of epoch %d by reading them (the step count is exact, "
                            "the samples are not)", start_batch, epoch)
             self._skip = int(start_batch)
-
-    def reset(self) -> None:
-        """Nothing to do: the DALI iterator resets itself at the end of each epoch."""
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         skip, self._skip = self._skip, 0

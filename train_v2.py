@@ -196,8 +196,6 @@ def train(cfg, info, progress: dict | None = None) -> None:
                                           f"rerun with resume=True to continue")
             start_batch = start_sample = 0
             save_checkpoint(epoch + 1, 0)
-            if cfg.dali and hasattr(train_loader, "reset"):
-                train_loader.reset()
     finally:
         stop.uninstall()
         if summary_writer is not None:
