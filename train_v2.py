@@ -80,7 +80,7 @@ def train(cfg, info, progress: dict | None = None) -> None:
         write_run_config(cfg.output, describe_run(cfg, masked_config(cfg)))
     train_loader = get_dataloader(
         cfg.rec, info.local_rank, cfg.batch_size, cfg.dali, cfg.dali_aug, cfg.seed, cfg.num_workers,
-        aug=aug_from_config(cfg), rank=info.rank, world_size=info.world_size,
+        aug=aug_from_config(cfg), rank=info.rank, world_size=info.world_size, device=info.device,
         max_bad_samples=cfg.max_bad_samples, num_classes=cfg.num_classes, num_image=cfg.num_image)
     if cfg.check_data == "full":
         check_all_samples(cfg.rec, cfg.num_workers, cfg.max_bad_samples, cfg.num_classes)
@@ -90,8 +90,8 @@ def train(cfg, info, progress: dict | None = None) -> None:
     backbone, backbone_module = build_backbone(cfg, info)
     pretrained_notes = load_pretrained(cfg, backbone_module)    # a resumed checkpoint overrides it
     margin_loss = build_margin(cfg)
-    module_partial_fc = PartialFC_V2(margin_loss, cfg.embedding_size, cfg.num_classes,
-                                     cfg.sample_rate, cfg.fp16).train().to(info.device)
+    module_partial_fc = PartialFC_V2(margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, cfg.fp16,
+                                     rank=info.rank, world_size=info.world_size).train().to(info.device)
     opt = build_optimizer(cfg, backbone_module, module_partial_fc)
     lr_scheduler = build_lr_scheduler(cfg, opt)
     amp = build_grad_scaler(cfg, info.device)

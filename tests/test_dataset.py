@@ -168,6 +168,19 @@ def test_image_folder(fixtures_dir):
         assert torch.equal(image, reference(Path(path).read_bytes()))
 
 
+def test_rank_world_and_device_given_are_used(fixtures_dir, monkeypatch):
+    """train_v2 passes what setup() decided: no second device choice, the shard of the given rank."""
+    def second_choice(local_rank):
+        raise AssertionError("the device was decided again")
+    monkeypatch.setattr(ds, "pick_device", second_choice)
+    dl = ds.get_dataloader(str(fixtures_dir / "mx_im2rec"), 0, 4, num_workers=0, rank=1, world_size=2,
+                           device=torch.device("cpu"))
+    assert (dl.rank, dl.world_size, dl.device) == (1, 2, torch.device("cpu"))
+    monkeypatch.undo()
+    alone = ds.get_dataloader(str(fixtures_dir / "mx_im2rec"), 0, 4, num_workers=0)   # the original's arguments
+    assert (alone.rank, alone.world_size) == (0, 1) and len(alone) == 6
+
+
 def test_synthetic():
     dl = loader("synthetic", 4)
     assert len(dl) == 1_000_000 // 4 and dl.num_images == 1_000_000
