@@ -229,8 +229,9 @@ class PartialFC_V2(torch.nn.Module):
         self.margin_softmax = margin_loss
         if hasattr(margin_loss, "init_bias"):
             margin_loss.init_bias(int(num_classes))
+        summed = functools.partial(_summed_over_ranks, world_size=self.world_size)
         for parameter in getattr(margin_loss, "replicated_parameters", list)():
-            parameter.register_hook(functools.partial(_summed_over_ranks, world_size=self.world_size))  # each rank's loss holds only its columns' terms
+            parameter.register_hook(summed)  # each rank's loss holds only its columns' terms
 
     def extra_repr(self) -> str:
         centres = f", centres_per_class={self.k}" if self.k > 1 else ""
