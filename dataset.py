@@ -35,10 +35,10 @@ from utils import recordio
 from utils.data_check import SYNTHETIC, SYNTHETIC_IMAGES, find_layout, inspect_records, record_paths, \
     scan_image_folder
 from utils.errors import ConfigError, DataError
-from utils.image import decode_bgr_hwc, normalize
-from utils.utils_distributed import pick_device
+from utils.image import FACE_SIZE, decode_bgr_hwc, normalize
+from utils.utils_distributed import pick_device, rank_and_world
 
-IMAGE_SIZE = 112
+IMAGE_SIZE = FACE_SIZE
 AUG_DEFAULTS = {"flip": True, "random_erasing": 0.0, "randaugment": False,
                 "randaugment_num_ops": 2, "randaugment_magnitude": 9}
 ERASE_SCALE = (0.02, 0.33)          # torchvision RandomErasing defaults
@@ -57,18 +57,20 @@ def get_dataloader(root_dir: str, local_rank: int, batch_size: int, dali: bool =
                    dali_aug: bool = False, seed: int = 2048, num_workers: int = 2, *,
                    aug: Optional[dict] = None, rank: Optional[int] = None,
                    world_size: Optional[int] = None, max_bad_samples: int = 0,
-                   num_classes: Optional[int] = None, num_image: Optional[int] = None):
+                   num_classes: Optional[int] = None, num_image: Optional[int] = None,
+                   device: Optional[torch.device] = None):
     """The training loader for ``root_dir``: RecordIO, an image folder, or "synthetic".
 
     ``aug``: see AUG_DEFAULTS (defaults reproduce the original: flip only). ``num_classes``:
     labels >= it stop training with the file and key. ``max_bad_samples``: undecodable samples
     replaced (with a warning each) before a BadRecordError stops training. ``num_image``: the
     length of "synthetic" data (the config's num_image; 1,000,000 when None, as the original).
+    ``rank``, ``world_size``, ``device``: as utils_distributed.setup() decided them; when not given,
+    the process group's rank and world size and ``pick_device(local_rank)``.
     """
     aug = resolve_aug(aug)
-    dist_rank, dist_world = get_dist_info()
-    rank = dist_rank if rank is None else rank
-    world_size = dist_world if world_size is None else world_size
+    rank, world_size = rank_and_world(rank, world_size)
+    device = pick_device(local_rank) if device is None else device
     layout = find_layout(root_dir)
     known_classes = None
     if layout == SYNTHETIC:
@@ -79,7 +81,7 @@ def get_dataloader(root_dir: str, local_rank: int, batch_size: int, dali: bool =
         known_classes = inspect_records(root_dir, dataset.imgrec, dataset.imgidx.tolist(),
                                         dataset.header, scan=False).num_classes
     else:
-        dataset = ImageFolderDataset(root_dir, local_rank, aug=aug, num_classes=num_classes,
+        dataset = ImageFolderDataset(root_dir, aug=aug, num_classes=num_classes,
                                      budget=BadSampleBudget(max_bad_samples))
         known_classes = len(dataset.classes)
     if dali and layout != SYNTHETIC:
@@ -87,21 +89,14 @@ def get_dataloader(root_dir: str, local_rank: int, batch_size: int, dali: bool =
             raise ConfigError(f"dali=True reads train.rec/train.idx, but {root_dir} is an image "
                               f"folder: pack it with python -m im2rec, or set dali=False")
         return DALILoader(dataset, batch_size, local_rank, rank, world_size, seed, dali_aug, aug,
-                          num_classes=known_classes)
+                          num_classes=known_classes, device=device)
     return FaceDataLoader(dataset, batch_size, local_rank, rank, world_size, seed, num_workers,
-                          aug, num_classes=known_classes)
+                          aug, num_classes=known_classes, device=device)
 
 
 def aug_from_config(cfg: Any) -> dict:
     """The ``aug`` dict from a config's ``aug_<name>`` keys (aug_flip, aug_random_erasing, ...)."""
     return {key: cfg[f"aug_{key}"] for key in AUG_DEFAULTS if f"aug_{key}" in cfg}
-
-
-def get_dist_info() -> tuple[int, int]:
-    """(rank, world_size) of the process group, (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def resolve_aug(aug: Optional[dict]) -> dict:
@@ -191,11 +186,6 @@ class FaceDataset(Dataset):
         """Decoded uint8 BGR (H, W, 3) image and label of sample ``index`` (raises DataError)."""
         raise NotImplementedError
 
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
-        """Decoded uint8 RGB (3, H, W) image and label of sample ``index`` (raises DataError)."""
-        image, label = self.load_bgr(index)
-        return bgr_to_rgb_chw(image), label
-
     def __getitem__(self, item) -> tuple[torch.Tensor, int]:
         index, sample_seed = _index_and_seed(item)
         image, label = self._load_or_replace(index, sample_seed)
@@ -260,9 +250,9 @@ class MXFaceDataset(FaceDataset):
     """MXNet RecordIO (train.rec + train.idx), with or without the insightface header record."""
 
     def __init__(self, root_dir: str, local_rank: int = 0, **kwargs):
+        # local_rank: the original's signature; the device is the loader's, not the dataset's
         super().__init__(**kwargs)
         self.root_dir = root_dir
-        self.local_rank = local_rank
         self.path_imgrec, self.path_imgidx = record_paths(root_dir)
         self.imgrec = recordio.MXIndexedRecordIO(self.path_imgidx, self.path_imgrec, "r")
         keys, self.header = recordio.read_layout(self.imgrec)
@@ -297,10 +287,9 @@ def decode_record(record: bytes) -> tuple[np.ndarray, int]:
 class ImageFolderDataset(FaceDataset):
     """One sub-folder of images per identity; classes in sorted folder order (as ImageFolder)."""
 
-    def __init__(self, root_dir: str, local_rank: int = 0, **kwargs):
+    def __init__(self, root_dir: str, **kwargs):
         super().__init__(**kwargs)
         self.root_dir = root_dir
-        self.local_rank = local_rank
         self.classes, self.samples = scan_image_folder(root_dir)
 
     def __len__(self) -> int:
@@ -449,10 +438,6 @@ class DistributedBatchSampler(Sampler):
             order = order.repeat(math.ceil(self.padded / self.num_samples))[:self.padded]
         return order
 
-    def rank_order(self) -> torch.Tensor:
-        """This rank's sample indices for the current epoch (before batching)."""
-        return self.epoch_order()[self.rank:self.padded:self.world_size]
-
     def __iter__(self) -> Iterator[list]:
         # the position belongs to the epoch, not to the first iterator: torch's multi-process
         # loader calls iter() on its batch sampler twice per epoch, so a reset here lost it.
@@ -581,14 +566,15 @@ class FaceDataLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int, local_rank: int = 0, rank: int = 0,
                  world_size: int = 1, seed: int = 2048, num_workers: int = 2,
-                 aug: Optional[dict] = None, num_classes: Optional[int] = None):
+                 aug: Optional[dict] = None, num_classes: Optional[int] = None,
+                 device: Optional[torch.device] = None):
         aug = resolve_aug(aug)
         self.dataset = dataset
         self.num_images = len(dataset)
         self.num_classes = num_classes
         self.batch_size = batch_size
-        self.local_rank, self.rank, self.world_size = local_rank, rank, world_size
-        self.device = pick_device(local_rank)
+        self.rank, self.world_size = rank, world_size
+        self.device = pick_device(local_rank) if device is None else device
         if self.num_images < world_size * batch_size:
             raise ConfigError(f"{self.num_images} images cannot fill one batch of {batch_size} on "
                               f"each of {world_size} processes: lower batch_size")
@@ -607,9 +593,6 @@ class FaceDataLoader:
         """Order of ``epoch``; the next iteration starts at batch ``start_batch`` (or sample position
         ``start_sample``, after a resume on another world size) of it."""
         self.sampler.set_epoch(epoch, start_batch, start_sample)
-
-    def reset(self) -> None:
-        """Nothing to do (DALI loaders need it; kept for the same interface)."""
 
     def state_dict(self) -> dict:
         """Nothing beyond (epoch, batch): the order is a function of them (DALI loaders hold more)."""
@@ -760,7 +743,7 @@ class DALILoader:
     def __init__(self, dataset: MXFaceDataset, batch_size: int, local_rank: int = 0,
                  rank: int = 0, world_size: int = 1, seed: int = 2048, dali_aug: bool = False,
                  aug: Optional[dict] = None, num_classes: Optional[int] = None,
-                 num_threads: int = 2):
+                 num_threads: int = 2, device: Optional[torch.device] = None):
         aug = resolve_aug(aug)
         if aug["randaugment"]:
             raise ConfigError("RandAugment is not available with dali=True (DALI has no "
@@ -769,7 +752,7 @@ class DALILoader:
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
-        self.device = pick_device(local_rank)
+        self.device = pick_device(local_rank) if device is None else device
         self.finish = _BatchFinisher(seed, rank, aug["random_erasing"])
         self._tmpdir = tempfile.mkdtemp(prefix="arcface_dali_")
         idx_path, self.num_images = self._write_index(dataset, world_size)
@@ -781,8 +764,7 @@ class DALILoader:
         self.epoch, self._skip, self._start = 0, 0, 0
         self._position = (0, 0)              # (epoch, batch) of the next batch the pipeline yields
         self._restored: Optional[tuple[int, int]] = None
-        self._build_args = (dataset.path_imgrec, idx_path, local_rank, seed, dali_aug, aug["flip"],
-                            num_threads)
+        self._build_args = (dataset.path_imgrec, idx_path, seed, dali_aug, aug["flip"], num_threads)
         self._iter = self._build(*self._build_args)
 
     def __len__(self) -> int:
@@ -821,9 +803,6 @@ class DALILoader:
                            "the samples are not)", start_batch, epoch)
             self._skip = int(start_batch)
 
-    def reset(self) -> None:
-        """Nothing to do: the DALI iterator resets itself at the end of each epoch."""
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         skip, self._skip = self._skip, 0
         start, self._start = self._start, 0      # a second iteration is DALI's next epoch
@@ -847,16 +826,17 @@ class DALILoader:
         recordio.write_index(path, dataset.imgrec, keys[:keep])
         return path, keep
 
-    def _build(self, rec_path: str, idx_path: str, local_rank: int, seed: int, dali_aug: bool,
-               flip: bool, num_threads: int, checkpoint: Optional[str] = None):
+    def _build(self, rec_path: str, idx_path: str, seed: int, dali_aug: bool, flip: bool,
+               num_threads: int, checkpoint: Optional[str] = None):
         import nvidia.dali.fn as fn
         import nvidia.dali.types as types
         from nvidia.dali.pipeline import Pipeline
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         gpu = self.device.type == "cuda"
+        gpu_id = (torch.cuda.current_device() if self.device.index is None else self.device.index) if gpu else None
         pipe = Pipeline(batch_size=self.batch_size, num_threads=num_threads,
-                        device_id=local_rank if gpu else None, seed=(seed + self.rank) % (1 << 31),
+                        device_id=gpu_id, seed=(seed + self.rank) % (1 << 31),
                         prefetch_queue_depth=2, enable_checkpointing=True, checkpoint=checkpoint)
         with pipe:
             jpegs, labels = fn.readers.mxnet(

@@ -9,7 +9,8 @@ Semantics follow the original arcface_torch ``partial_fc_v2.py``:
 - ``sample_rate < 1`` keeps every positive centre of the global batch plus uniformly drawn
   negatives, ``int(sample_rate * num_local)`` in all (at least 1; only the positives if they are
   more), sorted; only kept rows get gradient.
-Works without a process group (one process) and with gloo or NCCL.
+Works without a process group (one process) and with gloo or NCCL. The rank and world size are
+those given (train_v2 passes what utils_distributed.setup() decided), else the process group's.
 
 ``fp16=True`` runs the matmuls in half precision like the original's autocast: float16 on CUDA,
 bfloat16 on every other device (CPU); norms and the logits are float32.
@@ -34,6 +35,7 @@ global batch size (always true in practice); below that, a positive count is rea
 """
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Callable
 
@@ -43,27 +45,21 @@ from torch.nn.functional import normalize
 
 from utils.errors import ConfigError, DataError
 from utils.elastic import class_range
+from utils.utils_distributed import amp_dtype, rank_and_world
 
 PROB_FLOOR = 1e-30
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps
 
 
-def _rank_world() -> tuple[int, int]:
-    if distributed.is_available() and distributed.is_initialized():
-        return distributed.get_rank(), distributed.get_world_size()
-    return 0, 1
-
-
-def _all_reduce(tensor: torch.Tensor, op) -> None:
-    if _rank_world()[1] > 1:
+def _all_reduce(tensor: torch.Tensor, op, world_size: int) -> None:
+    if world_size > 1:
         distributed.all_reduce(tensor, op)
 
 
 shard_range = class_range      # (class_start, num_local) of a rank's shard: one split for training and resharding
 
 
-def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
-    world = _rank_world()[1]
+def _all_gather(tensor: torch.Tensor, world: int) -> torch.Tensor:
     out = tensor.new_empty((world * tensor.size(0),) + tuple(tensor.shape[1:]))
     gather = getattr(distributed, "all_gather_single", None) or distributed.all_gather_into_tensor
     gather(out, tensor.contiguous())
@@ -74,16 +70,17 @@ class AllGatherFunc(torch.autograd.Function):
     """All-gather along dim 0; backward sums the gradient over ranks and scales it by world size."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        return _all_gather(tensor)
+    def forward(ctx, tensor: torch.Tensor, rank: int | None = None, world_size: int | None = None) -> torch.Tensor:
+        ctx.rank, ctx.world = rank_and_world(rank, world_size)
+        return _all_gather(tensor, ctx.world)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        rank, world = _rank_world()
+        rank, world = ctx.rank, ctx.world
         grad = grad.contiguous().clone()
         distributed.all_reduce(grad, distributed.ReduceOp.SUM)
         rows = grad.size(0) // world
-        return grad[rank * rows:(rank + 1) * rows] * world
+        return grad[rank * rows:(rank + 1) * rows] * world, None, None
 
 
 AllGather = AllGatherFunc.apply
@@ -97,18 +94,19 @@ class DistCrossEntropyFunc(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, label: torch.Tensor, world_size: int | None = None) -> torch.Tensor:
+        world_size = rank_and_world(world_size=world_size)[1]
         label = label.reshape(-1, 1)
         valid = label != -1
         cols = label.clamp_min(0)
         max_logits = logits.amax(dim=1, keepdim=True)
-        _all_reduce(max_logits, distributed.ReduceOp.MAX)
+        _all_reduce(max_logits, distributed.ReduceOp.MAX, world_size)
         logits.sub_(max_logits).exp_()
         sum_exp = logits.sum(dim=1, keepdim=True)
-        _all_reduce(sum_exp, distributed.ReduceOp.SUM)
+        _all_reduce(sum_exp, distributed.ReduceOp.SUM, world_size)
         logits.div_(sum_exp)
         target_prob = logits.gather(1, cols).masked_fill_(~valid, 0.0)
-        _all_reduce(target_prob, distributed.ReduceOp.SUM)
+        _all_reduce(target_prob, distributed.ReduceOp.SUM, world_size)
         ctx.save_for_backward(logits, cols, valid)
         return target_prob.clamp_min_(PROB_FLOOR).log_().mean().neg()
 
@@ -117,17 +115,18 @@ class DistCrossEntropyFunc(torch.autograd.Function):
         probs, cols, valid = ctx.saved_tensors
         probs.scatter_add_(1, cols, valid.to(probs.dtype).neg())
         probs.mul_(loss_gradient / probs.size(0))
-        return probs, None
+        return probs, None, None
 
 
 class DistCrossEntropy(torch.nn.Module):
+    """The cross-entropy over the class shards of ``world_size`` ranks (None: the process group's)."""
+
+    def __init__(self, world_size: int | None = None):
+        super().__init__()
+        self.world_size = world_size
+
     def forward(self, logit_part: torch.Tensor, label_part: torch.Tensor) -> torch.Tensor:
-        return DistCrossEntropyFunc.apply(logit_part, label_part)
-
-
-def _half_dtype(device: torch.device) -> torch.dtype:
-    """fp16 autocast's dtype: float16 on CUDA, bfloat16 elsewhere (CPU)."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
+        return DistCrossEntropyFunc.apply(logit_part, label_part, self.world_size)
 
 
 class NormalizedLinear(torch.autograd.Function):
@@ -207,14 +206,17 @@ class PartialFC_V2(torch.nn.Module):
     _version = 2
 
     def __init__(self, margin_loss: Callable, embedding_size: int, num_classes: int,
-                 sample_rate: float = 1.0, fp16: bool = False):
+                 sample_rate: float = 1.0, fp16: bool = False, *, rank: int | None = None,
+                 world_size: int | None = None):
+        """``rank``, ``world_size``: this process's, as utils_distributed.setup() decided them (the
+        process group's when not given)."""
         super().__init__()
         if not callable(margin_loss):
             raise ConfigError("PartialFC_V2: margin_loss must be callable (e.g. CombinedMarginLoss), "
                               f"got {margin_loss!r}")
-        self.rank, self.world_size = _rank_world()
+        self.rank, self.world_size = rank_and_world(rank, world_size)
         _check_sizes(embedding_size, num_classes, sample_rate, self.world_size)
-        self.dist_cross_entropy = DistCrossEntropy()
+        self.dist_cross_entropy = DistCrossEntropy(self.world_size)
         self.embedding_size = int(embedding_size)
         self.sample_rate = float(sample_rate)
         self.fp16 = bool(fp16)
@@ -227,8 +229,9 @@ class PartialFC_V2(torch.nn.Module):
         self.margin_softmax = margin_loss
         if hasattr(margin_loss, "init_bias"):
             margin_loss.init_bias(int(num_classes))
+        summed = functools.partial(_summed_over_ranks, world_size=self.world_size)
         for parameter in getattr(margin_loss, "replicated_parameters", list)():
-            parameter.register_hook(_summed_over_ranks)  # each rank's loss holds only its columns' terms
+            parameter.register_hook(summed)  # each rank's loss holds only its columns' terms
 
     def extra_repr(self) -> str:
         centres = f", centres_per_class={self.k}" if self.k > 1 else ""
@@ -277,8 +280,8 @@ class PartialFC_V2(torch.nn.Module):
         local_labels = local_labels.reshape(-1).long()
         self._check_batch(local_embeddings, local_labels)
         if self.world_size > 1:
-            embeddings = AllGather(local_embeddings)
-            labels = _all_gather(local_labels)
+            embeddings = AllGather(local_embeddings, self.rank, self.world_size)
+            labels = _all_gather(local_labels, self.world_size)
         else:
             embeddings, labels = local_embeddings, local_labels
         labels = labels.view(-1, 1)
@@ -286,7 +289,7 @@ class PartialFC_V2(torch.nn.Module):
         labels = torch.where(index_positive, labels - self.class_start, -1)
         index = self._sample_index(labels, index_positive) if self.sample_rate < 1 else None
 
-        compute_dtype = _half_dtype(embeddings.device) if self.fp16 else None
+        compute_dtype = amp_dtype(embeddings.device) if self.fp16 else None
         needs = getattr(self.margin_softmax, "needs", ())
         extras = {}
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
@@ -298,9 +301,9 @@ class PartialFC_V2(torch.nn.Module):
             if "norms" in needs:
                 extras["norms"] = torch.linalg.vector_norm(embeddings, dim=1)
             if "target_cos" in needs:
-                extras["target_cos"] = _global_target_cos(logits, labels)
+                extras["target_cos"] = _global_target_cos(logits, labels, self.world_size)
             if getattr(self.margin_softmax, "replaces_cross_entropy", False):
-                return _global_mean(self.margin_softmax(logits, labels, **extras), labels.size(0))
+                return _global_mean(self.margin_softmax(logits, labels, **extras), labels.size(0), self.world_size)
             logits = self.margin_softmax(logits, labels, **extras)
             loss = self.dist_cross_entropy(logits, labels)
             regularizer = getattr(self.margin_softmax, "regularizer", None)
@@ -330,30 +333,30 @@ def _centres_per_class(margin_loss: Callable) -> int:
     return int(k)
 
 
-def _global_target_cos(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _global_target_cos(logits: torch.Tensor, labels: torch.Tensor, world_size: int) -> torch.Tensor:
     """(N,) target cosine of every global row: each rank fills the rows whose class it holds, one all-reduce."""
     with torch.no_grad():
         valid = labels.view(-1, 1) != -1
         target = logits.gather(1, labels.view(-1, 1).clamp_min(0)).masked_fill_(~valid, 0.0).view(-1)
-        _all_reduce(target, distributed.ReduceOp.SUM)
+        _all_reduce(target, distributed.ReduceOp.SUM, world_size)
     return target
 
 
-def _global_mean(local_sum: torch.Tensor, rows: int) -> torch.Tensor:
+def _global_mean(local_sum: torch.Tensor, rows: int, world_size: int) -> torch.Tensor:
     """A loss summed over this rank's terms, over the N global rows: back-propagated as is, its value
     the all-reduced total (the same on every rank)."""
     local = local_sum / rows
-    if _rank_world()[1] == 1:
+    if world_size == 1:
         return local
     total = local.detach().clone()
-    _all_reduce(total, distributed.ReduceOp.SUM)
+    _all_reduce(total, distributed.ReduceOp.SUM, world_size)
     return local + (total - local.detach())
 
 
-def _summed_over_ranks(grad: torch.Tensor) -> torch.Tensor:
+def _summed_over_ranks(grad: torch.Tensor, world_size: int) -> torch.Tensor:
     """Gradient hook of a parameter every rank holds a copy of: the sum of the ranks' gradients."""
     grad = grad.clone()
-    _all_reduce(grad, distributed.ReduceOp.SUM)
+    _all_reduce(grad, distributed.ReduceOp.SUM, world_size)
     return grad
 
 
@@ -369,7 +372,7 @@ def _counted_once(regularizer: Callable, local_embeddings: torch.Tensor, world_s
     if world_size == 1:
         return local
     total = local.detach().clone()
-    _all_reduce(total, distributed.ReduceOp.SUM)
+    _all_reduce(total, distributed.ReduceOp.SUM, world_size)
     return local + (total / world_size - local.detach())
 
 

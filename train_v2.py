@@ -23,12 +23,12 @@ from utils.checkpoint import (OutputLock, StopRequest, atomic_save, checkpoint_p
 from utils.data_check import check_data_vs_config, check_val_targets, inspect_data, resolve_auto
 from utils.demo_data import ensure_demo_data
 from utils.errors import ArcFaceError
-from utils.utils_callbacks import CallBackLogging, CallBackVerification, build_metric_writers
+from callbacks import CallBackLogging, CallBackVerification, build_metric_writers
 from utils.run_config import describe_run, write_run_config
 from utils.utils_config import config_warnings, get_config
 from utils.utils_distributed import cleanup, keep_freed_cpu_memory, setup, setup_seed
 from utils.utils_logging import AverageMeter, init_logging
-from utils.utils_train import (GradScaleWatch, build_backbone, build_grad_scaler, build_lr_scheduler,
+from training import (GradScaleWatch, build_backbone, build_grad_scaler, build_lr_scheduler,
                                build_optimizer, config_changes, load_pretrained, log_config, masked_config,
                                restore_group_settings, restore_schedule, resume_position, set_step_counts,
                                train_step)
@@ -80,7 +80,7 @@ def train(cfg, info, progress: dict | None = None) -> None:
         write_run_config(cfg.output, describe_run(cfg, masked_config(cfg)))
     train_loader = get_dataloader(
         cfg.rec, info.local_rank, cfg.batch_size, cfg.dali, cfg.dali_aug, cfg.seed, cfg.num_workers,
-        aug=aug_from_config(cfg), rank=info.rank, world_size=info.world_size,
+        aug=aug_from_config(cfg), rank=info.rank, world_size=info.world_size, device=info.device,
         max_bad_samples=cfg.max_bad_samples, num_classes=cfg.num_classes, num_image=cfg.num_image)
     if cfg.check_data == "full":
         check_all_samples(cfg.rec, cfg.num_workers, cfg.max_bad_samples, cfg.num_classes)
@@ -90,8 +90,8 @@ def train(cfg, info, progress: dict | None = None) -> None:
     backbone, backbone_module = build_backbone(cfg, info)
     pretrained_notes = load_pretrained(cfg, backbone_module)    # a resumed checkpoint overrides it
     margin_loss = build_margin(cfg)
-    module_partial_fc = PartialFC_V2(margin_loss, cfg.embedding_size, cfg.num_classes,
-                                     cfg.sample_rate, cfg.fp16).train().to(info.device)
+    module_partial_fc = PartialFC_V2(margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, cfg.fp16,
+                                     rank=info.rank, world_size=info.world_size).train().to(info.device)
     opt = build_optimizer(cfg, backbone_module, module_partial_fc)
     lr_scheduler = build_lr_scheduler(cfg, opt)
     amp = build_grad_scaler(cfg, info.device)
@@ -196,8 +196,6 @@ def train(cfg, info, progress: dict | None = None) -> None:
                                           f"rerun with resume=True to continue")
             start_batch = start_sample = 0
             save_checkpoint(epoch + 1, 0)
-            if cfg.dali and hasattr(train_loader, "reset"):
-                train_loader.reset()
     finally:
         stop.uninstall()
         if summary_writer is not None:

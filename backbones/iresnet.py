@@ -14,16 +14,18 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from utils.utils_distributed import amp_dtype as default_amp_dtype
+
 __all__ = ["IResNet", "IBasicBlock", "SEModule", "iresnet18", "iresnet34", "iresnet50",
            "iresnet100", "iresnet200", "iresnet_se50", "iresnet_se50_sotafr", "amp_context", "checkpoint_call",
            "checkpoint_plan", "run_blocks", "run_stages"]
 
 
 def resolve_amp_dtype(device_type: str, amp_dtype: torch.dtype | None) -> torch.dtype:
-    """The autocast dtype of `fp16` mode: float16 on CUDA (and other accelerators), bfloat16 on CPU."""
+    """The autocast dtype of `fp16` mode: `amp_dtype` when given, else utils_distributed.amp_dtype's."""
     if amp_dtype is not None:
         return amp_dtype
-    return torch.bfloat16 if device_type == "cpu" else torch.float16
+    return default_amp_dtype(device_type)
 
 
 def amp_context(x: torch.Tensor, enabled: bool, amp_dtype: torch.dtype | None = None):

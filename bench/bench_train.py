@@ -51,11 +51,11 @@ from backbones import get_model  # noqa: E402
 from flops import count_macs  # noqa: E402
 from losses import CombinedMarginLoss  # noqa: E402
 from partial_fc_v2 import PartialFC_V2  # noqa: E402
-from utils.image import normalize  # noqa: E402
+from utils.image import FACE_SIZE, normalize  # noqa: E402
 from utils.utils_config import get_config  # noqa: E402
 from utils.utils_distributed import DistInfo  # noqa: E402
-from utils.utils_train import (build_backbone, build_grad_scaler, build_lr_scheduler, build_optimizer,  # noqa: E402
-                               set_step_counts, train_step)
+from training import (build_backbone, build_grad_scaler, build_lr_scheduler, build_optimizer,  # noqa: E402
+                      set_step_counts, train_step)
 
 RESULTS = REPO / "bench" / "RESULTS_train.md"
 ALL_VARIANTS = ("plain", "toolkit", "channels_last", "compile")
@@ -84,7 +84,8 @@ def toolkit_step(cfg, device: torch.device = CPU) -> tuple[Step, torch.nn.Module
     backbone, module = build_backbone(cfg, info)
     margin_loss = CombinedMarginLoss(cfg.margin_scale, cfg.margin_list[0], cfg.margin_list[1],
                                      cfg.margin_list[2], cfg.interclass_filtering_threshold)
-    partial_fc = PartialFC_V2(margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, cfg.fp16)
+    partial_fc = PartialFC_V2(margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, cfg.fp16,
+                              rank=info.rank, world_size=info.world_size)
     partial_fc = partial_fc.train().to(device)
     opt = build_optimizer(cfg, module, partial_fc)
     lr_scheduler = build_lr_scheduler(cfg, opt)
@@ -129,7 +130,8 @@ def synthetic_batches(n: int, batch_size: int, num_classes: int, seed: int = 0,
                       device: torch.device = CPU) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`n` batches of random uint8 images through utils.image.normalize, with random labels, on `device`."""
     gen = torch.Generator().manual_seed(seed)
-    return [(normalize(torch.randint(0, 256, (batch_size, 3, 112, 112), dtype=torch.uint8, generator=gen).to(device)),
+    shape = (batch_size, 3, FACE_SIZE, FACE_SIZE)
+    return [(normalize(torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen).to(device)),
              torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)) for _ in range(n)]
 
 

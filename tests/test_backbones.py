@@ -520,7 +520,7 @@ def test_config_gradient_checkpointing_none_default_false_off(setting, expected)
     """vit_b checkpoints by default: None keeps that, False really turns it off (it used to mean the default)."""
     from easydict import EasyDict
     from utils.utils_distributed import DistInfo
-    from utils.utils_train import build_backbone
+    from training import build_backbone
     cfg = EasyDict(network="vit_b", fp16=False, embedding_size=512, gradient_checkpointing=setting,
                    channels_last=False, compile=False)
     with torch.device("meta"):

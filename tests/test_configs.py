@@ -171,7 +171,7 @@ ORIGINAL_UNUSUAL = REPO / "tests" / "data" / "original_configs"
 def test_original_speed_config_runs_its_schedule_on_synthetic_data():
     """3millions.py: warmup_epoch -1 (no warm-up) and synthetic data of num_image samples."""
     import dataset
-    from utils.utils_train import set_step_counts
+    from training import set_step_counts
     cfg = get_config(str(ORIGINAL_UNUSUAL / "3millions.py"))
     set_step_counts(cfg, world_size=1)
     assert (cfg.warmup_step, cfg.total_step) == (0, 100000 // 512 * 30)

@@ -56,6 +56,11 @@ def epoch(dl, number=0, start_batch=0):
     return [(x.clone(), y.clone()) for x, y in dl]
 
 
+def sampled(dl) -> list[int]:
+    """The sample indices the loader's sampler hands out this epoch, in order."""
+    return [index for batch in dl.sampler for index, _ in batch]
+
+
 def write_rec(folder: Path, records: list[tuple[int, object, bytes]]) -> Path:
     """train.rec/.idx with (key, label, payload) records, written by utils.recordio."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,14 +78,14 @@ def test_mx_im2rec_uses_every_key_in_idx_order(fixtures_dir):
     data = ds.MXFaceDataset(str(folder))
     keys, labels = idx_keys(folder), lst_labels(folder)
     assert data.imgidx.tolist() == keys and keys[0] != 0          # key 0 is an ordinary image
-    assert [data.load(i)[1] for i in range(len(data))] == [labels[k] for k in keys]
+    assert [data.load_bgr(i)[1] for i in range(len(data))] == [labels[k] for k in keys]
 
 
 def test_insightface_header_and_label_arrays(fixtures_dir):
     data = ds.MXFaceDataset(str(fixtures_dir / "insightface_style"))
     assert data.imgidx.tolist() == list(range(1, 16))              # header: keys 1..label[0]-1
     assert data.header0 == (16, 21)
-    labels = {int(k): data.load(i)[1] for i, k in enumerate(data.imgidx)}
+    labels = {int(k): data.load_bgr(i)[1] for i, k in enumerate(data.imgidx)}
     assert [labels[k] for k in range(1, 16)] == [(k - 1) // 3 for k in range(1, 16)]
     assert labels[7] == 2 and labels[13] == 4                       # label arrays -> label[0]
     dl = loader(fixtures_dir / "insightface_style", 5)
@@ -94,7 +99,7 @@ def test_multipart_records_decode(fixtures_dir):
     # mean R of mx.image.imdecode per key, from fixtures/MANIFEST.md
     mean_r = {0: 137.03, 1: 135.13, 2: 181.39, 3: 178.25, 4: 163.41}
     for i, key in enumerate(data.imgidx.tolist()):
-        image, label = data.load(i)
+        image, label = data[i, 0]                                  # sample seed 0: not flipped
         assert label == key                                         # key 3: label [3.0, 0.0]
         assert image.shape == (3, 112, 112) and image.dtype == torch.uint8
         assert image[0].double().mean().item() == pytest.approx(mean_r[key], abs=0.006)
@@ -105,7 +110,7 @@ def test_pixels_equal_totensor_normalize(fixtures_dir):
     folder = fixtures_dir / "mx_im2rec"
     dl = loader(folder, 24, aug={"flip": False})
     images, labels = epoch(dl)[0]
-    keys = dl.dataset.imgidx[dl.sampler.rank_order().numpy()].tolist()
+    keys = dl.dataset.imgidx[sampled(dl)].tolist()
     assert images.dtype == torch.float32 and images.shape == (24, 3, 112, 112)
     assert labels.dtype == torch.int64 and labels.tolist() == [lst_labels(folder)[k] for k in keys]
     for image, key in zip(images, keys):
@@ -116,7 +121,7 @@ def test_flip_is_horizontal_and_random(fixtures_dir):
     folder = fixtures_dir / "mx_im2rec"
     dl = loader(folder, 24)
     images, _ = epoch(dl)[0]
-    keys = dl.dataset.imgidx[dl.sampler.rank_order().numpy()].tolist()
+    keys = dl.dataset.imgidx[sampled(dl)].tolist()
     flipped = []
     for image, key in zip(images, keys):
         ref = references(folder)[key]
@@ -155,12 +160,25 @@ def test_image_folder(fixtures_dir):
     root = fixtures_dir / "mx_im2rec" / "images"
     dl = loader(root, 8, aug={"flip": False})
     assert (dl.num_images, dl.num_classes, len(dl)) == (24, 6, 3)
-    order = dl.sampler.rank_order().tolist()
+    order = sampled(dl)
     images, labels = epoch(dl)[0]
     for image, label, index in zip(images, labels.tolist(), order[:8]):
         path, expected = dl.dataset.samples[index]
         assert label == expected == sorted(p.name for p in root.iterdir()).index(Path(path).parent.name)
         assert torch.equal(image, reference(Path(path).read_bytes()))
+
+
+def test_rank_world_and_device_given_are_used(fixtures_dir, monkeypatch):
+    """train_v2 passes what setup() decided: no second device choice, the shard of the given rank."""
+    def second_choice(local_rank):
+        raise AssertionError("the device was decided again")
+    monkeypatch.setattr(ds, "pick_device", second_choice)
+    dl = ds.get_dataloader(str(fixtures_dir / "mx_im2rec"), 0, 4, num_workers=0, rank=1, world_size=2,
+                           device=torch.device("cpu"))
+    assert (dl.rank, dl.world_size, dl.device) == (1, 2, torch.device("cpu"))
+    monkeypatch.undo()
+    alone = ds.get_dataloader(str(fixtures_dir / "mx_im2rec"), 0, 4, num_workers=0)   # the original's arguments
+    assert (alone.rank, alone.world_size) == (0, 1) and len(alone) == 6
 
 
 def test_synthetic():
@@ -209,10 +227,10 @@ def test_set_epoch_changes_order_deterministically(fixtures_dir):
     for e in (0, 1):
         a.set_epoch(e)
         b.set_epoch(e)
-        order[e] = a.sampler.rank_order().tolist()
-        assert order[e] == b.sampler.rank_order().tolist()
+        order[e] = sampled(a)
+        assert order[e] == sampled(b)
     assert order[0] != order[1]
-    assert loader(folder, 4, seed=7).sampler.rank_order().tolist() != order[0]
+    assert sampled(loader(folder, 4, seed=7)) != order[0]
     first, again = epoch(a, 1), epoch(b, 1)
     assert all(torch.equal(x, x2) and torch.equal(y, y2) for (x, y), (x2, y2) in zip(first, again))
 
@@ -400,7 +418,7 @@ def test_pack_label_record_zero_is_an_image_not_a_header(fixtures_dir, tmp_path)
     w.close()
     data = ds.MXFaceDataset(str(folder))
     assert data.header0 is None and data.imgidx.tolist() == [0, 1, 2, 3]
-    assert Counter(data.load(i)[1] for i in range(4)) == {0: 2, 1: 2}
+    assert Counter(data.load_bgr(i)[1] for i in range(4)) == {0: 2, 1: 2}
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ norms of the raw embeddings, the target cosines, the full softmax, MagFace's reg
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 
@@ -16,7 +15,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-import partial_fc_v2
 from losses import get_margin
 from partial_fc_v2 import PartialFC_V2, shard_range
 from utils.errors import ConfigError
@@ -238,17 +236,6 @@ def test_fp16_is_finite_with_float32_margins(key):
 LOCAL_BATCH = 4
 
 
-@contextlib.contextmanager
-def _one_process():
-    """Run PartialFC_V2 as a single process inside a worker (the reference on the global batch)."""
-    saved = partial_fc_v2._rank_world
-    partial_fc_v2._rank_world = lambda: (0, 1)
-    try:
-        yield
-    finally:
-        partial_fc_v2._rank_world = saved
-
-
 def _gathered(tensor: torch.Tensor, world: int) -> torch.Tensor:
     parts = [None] * world
     dist.all_gather_object(parts, tensor)
@@ -276,10 +263,9 @@ def _check_head(rank, world, key, sample_rate, seed):
         assert losses[0] == losses[1], f"{key}: loss differs between ranks {losses}"
         index = pfc.weight_index if sample_rate < 1 else torch.arange(num_local)
         kept = _gathered(index + start, world)
-        with _one_process():
-            sub_W = W.view(num_classes, k, DIM)[kept].reshape(-1, DIM)
-            ref_loss, ref_dx, ref_dw = reference(ref_head, X * (1 + 0.25 * step), sub_W,
-                                                 torch.searchsorted(kept, labels))
+        sub_W = W.view(num_classes, k, DIM)[kept].reshape(-1, DIM)
+        ref_loss, ref_dx, ref_dw = reference(ref_head, X * (1 + 0.25 * step), sub_W,
+                                             torch.searchsorted(kept, labels))
         _close(loss, ref_loss)
         _close(x.grad, world * ref_dx[rows])
         mine = ((kept >= start) & (kept < start + num_local)).repeat_interleave(k)

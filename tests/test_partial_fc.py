@@ -268,6 +268,14 @@ def test_batch_errors():
         pfc(torch.randn(4, DIM), torch.arange(5))
 
 
+def test_rank_and_world_size_given_are_used_without_a_process_group():
+    """train_v2 passes setup()'s rank and world size: the shard is theirs, not the (absent) group's."""
+    pfc = PartialFC_V2(_margin(), DIM, 10, rank=1, world_size=3)
+    assert (pfc.rank, pfc.world_size, pfc.class_start, pfc.num_local) == (1, 3, *shard_range(10, 1, 3))
+    with pytest.raises(ConfigError, match="world size"):
+        PartialFC_V2(_margin(), DIM, 2, world_size=3)
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 7])
 def test_shard_range_covers_every_class_once(world):
     for num_classes in range(world, 30):
@@ -321,6 +329,20 @@ def _check_sampling(rank, world):
     assert index.tolist() == ([0, 2, 4] if rank == 0 else [1, 3, 5, 7])
 
 
+def _check_given_world_wins_over_the_group(rank):
+    """world_size=1 inside a 2-rank group: one process on the whole batch, no collective."""
+    X, W, labels = _data(2 * LOCAL_BATCH, 9, seed=15)
+    pfc = PartialFC_V2(_margin(ARC), DIM, 9, rank=0, world_size=1).double()
+    with torch.no_grad():
+        pfc.weight.copy_(W)
+    x = X.clone().requires_grad_(True)
+    loss = pfc(x, labels if rank == 0 else labels.flip(0))
+    loss.backward()
+    ref_loss, ref_dx, _ = reference(X, W, labels if rank == 0 else labels.flip(0), ARC)
+    _assert_close(loss, ref_loss, _tol(torch.float64))
+    _assert_close(x.grad, ref_dx, _tol(torch.float64))
+
+
 def _dist_worker(rank, world, init_file):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -330,6 +352,7 @@ def _dist_worker(rank, world, init_file):
         _check_full_softmax(rank, world, 10, COS, torch.float32, seed=13)
         _check_full_softmax(rank, world, 13, COMBINED, torch.float64, seed=14)
         _check_sampling(rank, world)
+        _check_given_world_wins_over_the_group(rank)
         with pytest.raises(ConfigError, match="world size"):
             PartialFC_V2(_margin(), DIM, 1)
     finally:

@@ -215,7 +215,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_data, m
 
 
 def test_grad_scale_watch_reports_a_collapsing_fp16_scale():
-    from utils.utils_train import GradScaleWatch
+    from training import GradScaleWatch
     param = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.SGD([param], lr=0.1)
 

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 
 from utils import recordio
+from utils.image import FACE_SIZE
 
-SIZE = 112
+SIZE = FACE_SIZE
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 from easydict import EasyDict as edict
 
 from utils.errors import ConfigError
+from utils.image import FACE_SIZE
 from utils.margin_schema import check_margin_config
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.py"
@@ -186,10 +187,10 @@ def validate(cfg: edict) -> None:
     if cfg.num_workers < 0:
         raise ConfigError(f"config key 'num_workers' must be >= 0 (0 = load in the main process), got "
                           f"{cfg.num_workers}")
-    if tuple(cfg.image_size) != (112, 112):
-        raise ConfigError(f"config key 'image_size' must be (112, 112), got {tuple(cfg.image_size)}: the backbones, "
-                          f"loaders and verification are built for 112x112 aligned faces (re-pack other sizes "
-                          f"with python -m im2rec --resize 112)")
+    if tuple(cfg.image_size) != (FACE_SIZE, FACE_SIZE):
+        raise ConfigError(f"config key 'image_size' must be ({FACE_SIZE}, {FACE_SIZE}), got {tuple(cfg.image_size)}: "
+                          f"the backbones, loaders and verification are built for {FACE_SIZE}x{FACE_SIZE} aligned "
+                          f"faces (re-pack other sizes with python -m im2rec --resize {FACE_SIZE})")
     if cfg.val_targets_missing not in ("error", "warn"):
         raise ConfigError(f"config key 'val_targets_missing' must be 'error' or 'warn', got {cfg.val_targets_missing!r}")
     if cfg.check_data not in ("fast", "full"):

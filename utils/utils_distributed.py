@@ -40,6 +40,30 @@ def pick_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def amp_dtype(device: torch.device | str) -> torch.dtype:
+    """The half-precision dtype of ``fp16=True`` on ``device``: float16 on CUDA, bfloat16 elsewhere.
+
+    Only CUDA gets a loss-scaling GradScaler (training.build_grad_scaler); float16 without one
+    underflows small gradients, bfloat16 has float32's range and needs none.
+    """
+    device_type = device if isinstance(device, str) else device.type
+    return torch.float16 if device_type == "cuda" else torch.bfloat16
+
+
+def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): those given, else the initialised process group's, else (0, 1).
+
+    The fallback of the original signatures (get_dataloader, PartialFC_V2) for callers that do not
+    pass what setup() decided.
+    """
+    if rank is None or world_size is None:
+        group = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
+            else (0, 1)
+        rank = group[0] if rank is None else rank
+        world_size = group[1] if world_size is None else world_size
+    return int(rank), int(world_size)
+
+
 def setup(local_rank: int | None = None) -> DistInfo:
     """One process without torchrun (no process group, no NCCL); torchrun's env -> nccl on GPU, gloo on CPU."""
     if local_rank is None:
@@ -56,12 +80,18 @@ def setup(local_rank: int | None = None) -> DistInfo:
         else:
             dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
                                     world_size=world_size)
-    node = int(os.environ.get("GROUP_RANK", 0))
-    if node > 0 and local_rank == 0:   # rank 0 logs the run; the other nodes say once that they are in
-        print(f"node {node} joined: ranks from {dist.get_rank()} of world size {dist.get_world_size()}, master "
-              f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}, backend {backend}",
-              file=sys.stderr, flush=True)
-    return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), device, backend)
+    info = DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), device, backend)
+    if local_rank == 0 and info.rank != 0:   # rank 0 logs the run; the other nodes say once that they are in
+        print(_joined_line(info), file=sys.stderr, flush=True)
+    return info
+
+
+def _joined_line(info: DistInfo) -> str:
+    """The line a node's first process prints on joining: node, first rank, world size, master, backend."""
+    # GROUP_RANK is torchrun's node rank; other launchers (srun, mpirun) set only RANK and LOCAL_WORLD_SIZE
+    node = os.environ.get("GROUP_RANK") or info.rank // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return (f"node {node} joined: ranks from {info.rank} of world size {info.world_size}, master "
+            f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}, backend {info.backend}")
 
 
 def restart_safe_store() -> dist.Store | None:

@@ -12,7 +12,7 @@ from lr_scheduler import PolynomialLRWarmup, StepLRWarmup
 from utils.elastic import samples_in_epoch
 from utils.errors import ConfigError
 from utils.weights import describe_mismatch, key_differences, read_backbone_state
-from utils.utils_distributed import DistInfo
+from utils.utils_distributed import DistInfo, amp_dtype
 
 
 def build_backbone(cfg: Any, info: DistInfo) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -95,10 +95,10 @@ def build_lr_scheduler(cfg: Any, opt: torch.optim.Optimizer) -> torch.optim.lr_s
 
 
 def build_grad_scaler(cfg: Any, device: torch.device) -> torch.amp.GradScaler:
-    """fp16 on CUDA needs loss scaling; bf16 autocast on CPU does not (scaler disabled)."""
-    enabled = bool(cfg.fp16) and device.type == "cuda"
+    """float16 needs loss scaling; bfloat16 (amp_dtype off CUDA) does not (scaler disabled)."""
+    enabled = bool(cfg.fp16) and amp_dtype(device) == torch.float16
     if cfg.fp16 and not enabled:
-        logging.info("fp16 on CPU: bfloat16 autocast, no loss scaling")
+        logging.info("fp16 on %s: bfloat16 autocast, no loss scaling", device.type.upper())
     return torch.amp.GradScaler(device.type, growth_interval=100, enabled=enabled)
 
 

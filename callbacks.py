@@ -10,6 +10,7 @@ import torch
 
 from utils.errors import ConfigError
 from utils.files import atomic_write_text
+from utils.image import FACE_SIZE
 from utils.utils_logging import AverageMeter
 
 
@@ -17,7 +18,7 @@ class CallBackVerification:
     """Every call: embed each ``<rec_prefix>/<name>.bin`` and log XNorm, Accuracy-Flip, Accuracy-Highest."""
 
     def __init__(self, val_targets: list[str], rec_prefix: str, summary_writer: Any = None,
-                 image_size: tuple[int, int] = (112, 112), batch_size: int = 256) -> None:
+                 image_size: tuple[int, int] = (FACE_SIZE, FACE_SIZE), batch_size: int = 256) -> None:
         self.summary_writer = summary_writer
         self.batch_size = batch_size
         self.ver_list: list[Any] = []
