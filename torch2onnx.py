@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import torch
 
-from face_model import INPUT_SIZE, load_model, resolve_weight_path
+from face_model import INPUT_SIZE, load_model, load_onnx, resolve_weight_path
 from utils.cli import add_bool_argument, model_parser, run_tool
 from utils.errors import ArcFaceError
 from utils.image import normalize
@@ -99,12 +99,9 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
 @torch.no_grad()
 def verify_onnx(path: Union[str, Path], net: torch.nn.Module, count: int = 3) -> tuple[float, float]:
     """Run onnxruntime and PyTorch on random images; returns (max abs diff, diff relative to max |output|)."""
-    import onnxruntime as ort
-
     data = random_inputs(count)
     expected = net(data).float().numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT_NAME: data.numpy()})[0]
+    got = load_onnx(path, "cpu")(data).numpy()
     if got.shape != expected.shape:
         raise ExportError(f"onnxruntime output shape {got.shape} != PyTorch {expected.shape} for batch {count}")
     diff = float(np.abs(got - expected).max())
