@@ -113,6 +113,8 @@ def load_model(weights: Optional[PathLike] = None, onnx: Optional[PathLike] = No
     device = pick_device(device) if not isinstance(device, torch.device) else device
     if onnx:
         return LoadedModel(load_onnx(onnx, device), None, None, Path(onnx))
+    if weights is None:
+        raise ConfigError("no model given: pass the model.pt written by training, or an exported model with --onnx")
     path = resolve_weight_path(weights, onnx_flag)
     network, num_features = resolve_model_args(path, network, num_features, default_network=default_network)
     return LoadedModel(load_backbone(network, path, device, num_features), network, num_features, path)

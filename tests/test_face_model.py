@@ -122,6 +122,8 @@ def test_load_model_reads_the_run_config(tmp_path):
     with pytest.raises(ConfigError, match="no --network given and no config.json"):
         load_model(tmp_path / "model.pt")
     assert load_model(tmp_path, network="mbf", num_features=64).num_features == 64
+    with pytest.raises(ConfigError, match="no model given"):
+        load_model()
 
 
 def test_onnx_backbone_fixed_batch_pads_last_batch(tmp_path):
