@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
-from utils.errors import ArcFaceError, DataError
+from utils.cli import run_tool
+from utils.errors import DataError
 from utils.recordio import (IRHeader, MXIndexedRecordIO, MXRecordIO, RecordIOError, pack, pack_img,
                             read_layout, unpack)
 
@@ -655,25 +656,26 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.check:
-            count, bad = check_record(args.prefix, args.num_thread)
-            _print(f"checked {count} records: {len(bad)} bad"
-                   + (f" (keys {', '.join(str(k) for k, _, _ in bad[:20])}"
-                      f"{', ...' if len(bad) > 20 else ''})" if bad else ""))
-            return 1 if bad else 0
-        if args.from_dcface or args.from_lmdb:
-            return run_convert(args)
-        if args.list:
-            paths = make_list(os.path.abspath(args.prefix), os.path.abspath(args.root),
-                              args.recursive, args.exts, args.shuffle, args.chunks,
-                              args.train_ratio, args.test_ratio)
-            _print("wrote " + ", ".join(paths))
-            return 0
-        return run_pack(args)
-    except ArcFaceError as err:
-        print(f"im2rec: error: {err}", file=sys.stderr)
-        return 1
+    return run_tool(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The mode asked for; exit status 1 when --check found bad records."""
+    if args.check:
+        count, bad = check_record(args.prefix, args.num_thread)
+        _print(f"checked {count} records: {len(bad)} bad"
+               + (f" (keys {', '.join(str(k) for k, _, _ in bad[:20])}"
+                  f"{', ...' if len(bad) > 20 else ''})" if bad else ""))
+        return 1 if bad else 0
+    if args.from_dcface or args.from_lmdb:
+        return run_convert(args)
+    if args.list:
+        paths = make_list(os.path.abspath(args.prefix), os.path.abspath(args.root),
+                          args.recursive, args.exts, args.shuffle, args.chunks,
+                          args.train_ratio, args.test_ratio)
+        _print("wrote " + ", ".join(paths))
+        return 0
+    return run_pack(args)
 
 
 if __name__ == "__main__":

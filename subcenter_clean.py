@@ -1,12 +1,12 @@
 """Clean a training set with a sub-center ArcFace model (the paper's drop step), write a cleaned .rec/.lst.
 
-    python subcenter_clean.py --rec ./rec/noisy --run work_dirs/noisy_subcenter --network r50 \\
-        --out ./rec/noisy_clean [--k 3] [--angle 75] [--device cuda]
+    python subcenter_clean.py --rec ./rec/noisy --run work_dirs/noisy_subcenter \\
+        --out ./rec/noisy_clean [--k 3] [--angle 75] [--device cuda] [--network r50 --num-features 512]
 
 `--run` is the output folder of a training with ``margin = "subcenter_arcface"``: its model.pt (the
 backbone) and checkpoint_gpu_<rank>.pt files (save_all_states=True; the class-centre shards, in
-rank order). As insightface's sub-center `drop.py`: every image is embedded (normalised, no
-flip); per class, the dominant sub-centre is the one most images are nearest to (the first on a
+rank order); --network / --num-features come from the run's config.json unless given. As
+insightface's sub-center `drop.py`: every image is embedded (normalised, no flip); per class, the dominant sub-centre is the one most images are nearest to (the first on a
 tie); images whose cosine to it is not above cos(angle) are dropped, classes left without images
 are dropped, and the remaining classes are renumbered consecutively in class order. Then train
 plain ArcFace (margin "combined" or "arcface") on the cleaned folder.
@@ -28,7 +28,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from utils.errors import ArcFaceError, DataError
+from utils.cli import model_parser, run_tool
+from utils.errors import CheckpointError, ConfigError, DataError
 
 DEFAULT_ANGLE = 75.0
 
@@ -68,17 +69,27 @@ def load_centres(run_dir: str, k: int) -> np.ndarray:
     paths = sorted((p for p in paths if re.fullmatch(r"checkpoint_gpu_\d+\.pt", os.path.basename(p))),
                    key=lambda p: int(re.findall(r"\d+", os.path.basename(p))[-1]))
     if not paths:
-        raise DataError(f"no checkpoint_gpu_<rank>.pt in {run_dir}: train with save_all_states=True "
+        raise CheckpointError(f"no checkpoint_gpu_<rank>.pt in {run_dir}: train with save_all_states=True "
                         f"(the class centres live there, not in model.pt)")
     shards = []
     for path in paths:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        shards.append(state["state_dict_softmax_fc"]["weight"].float())
+        shards.append(_centre_shard(path))
     weight = torch.cat(shards).numpy()
     if weight.shape[0] % k:
-        raise DataError(f"{run_dir}: {weight.shape[0]} class-centre rows are not a multiple of --k {k}; "
+        raise ConfigError(f"{run_dir}: {weight.shape[0]} class-centre rows are not a multiple of --k {k}; "
                         f"pass the k the run was trained with (margin_params k)")
     return weight.reshape(-1, k, weight.shape[1])
+
+
+def _centre_shard(path: str) -> torch.Tensor:
+    """The class-centre rows of one checkpoint_gpu_<rank>.pt (float32)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return state["state_dict_softmax_fc"]["weight"].float()
+    except Exception as err:  # unreadable, or not a training checkpoint: one line naming the file
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"cannot read the class centres of {path} ({reason}): restore the file, or "
+                              f"train again with save_all_states=True") from None
 
 
 def read_records(rec_dir: str):
@@ -98,7 +109,7 @@ def read_records(rec_dir: str):
 
 def embed_payloads(model, payloads: Sequence[bytes], batch_size: int) -> np.ndarray:
     """Raw embeddings (n, D) of encoded images, without flip."""
-    from inference import embed_images
+    from face_model import embed_images
     from utils.image import decode_rgb_chw
 
     out = []
@@ -131,35 +142,34 @@ def write_clean(out_dir: str, keys, labels, payloads, keep, new_label) -> tuple[
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[model_parser(weights_flag=None)])
     parser.add_argument("--rec", required=True, help="folder with train.rec/train.idx of the noisy set")
     parser.add_argument("--run", required=True, help="training output folder: model.pt + checkpoint_gpu_*.pt")
-    parser.add_argument("--network", required=True, help="backbone name of that run (config key network)")
-    parser.add_argument("--embedding-size", type=int, default=512)
+    parser.add_argument("--embedding-size", dest="num_features", type=int, help=argparse.SUPPRESS)  # = --num-features
     parser.add_argument("--k", type=int, default=3, help="sub-centres per class of that run")
     parser.add_argument("--angle", type=float, default=DEFAULT_ANGLE, help="drop images beyond this angle (degrees)")
     parser.add_argument("--out", required=True, help="folder for the cleaned train.rec/.idx/.lst (must not hold one)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
     return parser.parse_args(argv)
 
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.k < 1:
-        raise DataError(f"--k must be >= 1, got {args.k}")
+        raise ConfigError(f"--k must be >= 1, got {args.k}")
     if not 0.0 < args.angle < 180.0:
-        raise DataError(f"--angle must be in (0, 180) degrees, got {args.angle}")
+        raise ConfigError(f"--angle must be in (0, 180) degrees, got {args.angle}")
     if os.path.exists(os.path.join(args.out, "train.rec")):
-        raise DataError(f"{args.out} already holds a train.rec: choose an empty --out folder")
+        raise ConfigError(f"{args.out} already holds a train.rec: choose an empty --out folder")
 
 
 def run(args: argparse.Namespace) -> str:
     """Clean and write; returns the summary line."""
-    from inference import load_backbone
+    from face_model import load_model
 
     _check_args(args)
     centres = load_centres(args.run, args.k)
-    model = load_backbone(args.network, args.run, args.device, args.embedding_size)
+    model = load_model(args.run, network=args.network, num_features=args.num_features, device=args.device,
+                       onnx_flag=None).backbone
     keys, labels, payloads = read_records(args.rec)
     if labels.size and labels.max() >= centres.shape[0]:
         raise DataError(f"{args.rec} has label {labels.max()} but {args.run} holds {centres.shape[0]} classes: "
@@ -174,14 +184,16 @@ def run(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     created = not os.path.exists(args.out)
-    try:
-        print(run(args))
-    except ArcFaceError as err:
-        if created and os.path.isdir(args.out) and not os.listdir(args.out):
-            os.rmdir(args.out)
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+
+    def clean() -> None:
+        try:
+            print(run(args))
+        except BaseException:
+            if created and os.path.isdir(args.out) and not os.listdir(args.out):
+                os.rmdir(args.out)
+            raise
+
+    return run_tool(clean)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ import numpy as np
 import onnx
 import torch
 
-from inference import INPUT_SIZE, load_backbone, resolve_weight_path
+from face_model import INPUT_SIZE, load_model, load_onnx, resolve_weight_path
+from utils.cli import add_bool_argument, model_parser, run_tool
 from utils.errors import ArcFaceError
 from utils.image import normalize
-from utils.run_config import resolve_model_args
+from utils.weights import read_backbone_state
 
 INPUT_NAME = "data"
 OUTPUT_NAME = "embedding"
@@ -98,12 +99,9 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
 @torch.no_grad()
 def verify_onnx(path: Union[str, Path], net: torch.nn.Module, count: int = 3) -> tuple[float, float]:
     """Run onnxruntime and PyTorch on random images; returns (max abs diff, diff relative to max |output|)."""
-    import onnxruntime as ort
-
     data = random_inputs(count)
     expected = net(data).float().numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT_NAME: data.numpy()})[0]
+    got = load_onnx(path, "cpu")(data).numpy()
     if got.shape != expected.shape:
         raise ExportError(f"onnxruntime output shape {got.shape} != PyTorch {expected.shape} for batch {count}")
     diff = float(np.abs(got - expected).max())
@@ -127,7 +125,7 @@ def convert_onnx(net: torch.nn.Module, path_module: Union[str, Path, None], outp
     The file appears only once it passed onnx.checker and the onnxruntime parity check.
     """
     if path_module is not None:
-        net.load_state_dict(torch.load(resolve_weight_path(path_module), map_location="cpu", weights_only=True))
+        net.load_state_dict(read_backbone_state(resolve_weight_path(path_module, onnx_flag=None)))
     net = net.cpu().eval()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -164,42 +162,29 @@ def convert_onnx(net: torch.nn.Module, path_module: Union[str, Path, None], outp
     return diff
 
 
-def str2bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "y", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="ArcFace PyTorch to ONNX")
+    parser = argparse.ArgumentParser(description="ArcFace PyTorch to ONNX",
+                                     parents=[model_parser(weights_flag=None, device=False)])
     parser.add_argument("input", type=str, help="model.pt, or the work directory holding it")
     parser.add_argument("--output", type=str, default=None, help="output .onnx (default: model.onnx beside the input)")
-    parser.add_argument("--network", type=str, default=None,
-                        help="backbone network the weights were trained with (default: from the run's config.json)")
     parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--simplify", type=str2bool, nargs="?", const=True, default=False,
-                        help="simplify with onnxsim when installed")
-    parser.add_argument("--num-features", type=int, default=None,
-                        help="embedding size the model was trained with (default: from config.json, else 512)")
+    add_bool_argument(parser, "--simplify", default=False, help="simplify with onnxsim when installed")
     return parser.parse_args(argv)
+
+
+def export(args: argparse.Namespace) -> None:
+    """Load the weights (network and size from the flags or the run's config.json), export, report."""
+    loaded = load_model(args.input, network=args.network, num_features=args.num_features, device="cpu",
+                        onnx_flag=None)
+    output = Path(args.output) if args.output else loaded.path.parent / "model.onnx"
+    convert_onnx(loaded.backbone, None, output, opset=args.opset, simplify=args.simplify)
+    print(f"saved {output} (opset {args.opset}, input {INPUT_NAME} [{BATCH_DIM}, 3, {INPUT_SIZE}, {INPUT_SIZE}], "
+          f"output {OUTPUT_NAME} [{BATCH_DIM}, {loaded.num_features}])")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        weight = resolve_weight_path(args.input)
-        output = Path(args.output) if args.output else weight.parent / "model.onnx"
-        args.network, args.num_features = resolve_model_args(weight, args.network, args.num_features)
-        net = load_backbone(args.network, weight, "cpu", args.num_features)
-        convert_onnx(net, None, output, opset=args.opset, simplify=args.simplify)
-    except ArcFaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"saved {output} (opset {args.opset}, input {INPUT_NAME} [{BATCH_DIM}, 3, {INPUT_SIZE}, {INPUT_SIZE}], "
-          f"output {OUTPUT_NAME} [{BATCH_DIM}, {args.num_features}])")
-    return 0
+    return run_tool(lambda: export(args))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ import numpy as np
 
 from utils import recordio
 from utils.data_check import SYNTHETIC, find_layout, scan_image_folder
-from utils.errors import ArcFaceError, DataError
+from utils.cli import model_parser, run_tool
+from utils.errors import DataError
 
 IMAGE_SIZE = 112
 MAX_EXAMPLES = 20                     # duplicate groups / anomalies listed by name in the JSON
@@ -267,19 +268,6 @@ def basic_stats(data: TrainingSet, s: Scan) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 FAR_CALIBRATION = 1e-4               # the threshold only 1 in 10,000 different-identity pairs exceed
-
-
-def load_model(model: str | None, network: str | None, onnx: str | None, num_features: int = 512,
-               device: str | None = None):
-    """A backbone from model.pt (+ network) or an exported ONNX model, in eval mode."""
-    import torch
-    from eval.verification import OnnxBackbone, load_backbone
-    if onnx:
-        from eval.ijb import check_onnx_model
-        check_onnx_model(onnx)              # one float32 N x 3 x 112 x 112 input, N x D out (or one line)
-        return OnnxBackbone(onnx)
-    return load_backbone(model, network, num_features,
-                         torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
 
 
 class _Decoded:
@@ -685,17 +673,13 @@ def _load_stats(path: Path) -> dict:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.dataset_stats", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.dataset_stats", description=__doc__.splitlines()[0],
+                                     parents=[model_parser(required=False)])
     parser.add_argument("data", nargs="+", help="training folders (RecordIO or image folder), or stats.json "
                                                 "files of earlier runs to put in the same table")
     parser.add_argument("--out", default="work_dirs/dataset_stats",
                         help="output folder: <out>/<name>/stats.json, histograms.png[, outliers.png, twins.png]; "
                              "<out>/summary.md")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help="model.pt for the embedding statistics; needs --network")
-    source.add_argument("--onnx", help="exported ONNX model for the embedding statistics")
-    parser.add_argument("--network", help="backbone name, e.g. r50, LResNet50E_IR, mbf")
-    parser.add_argument("--num-features", type=int, default=512)
     parser.add_argument("--per-class", type=int, default=0, help="images embedded per identity (default 0 = all)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="cosine above which two identities are likely one person and below which an "
@@ -707,12 +691,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the .bin files of --data-dir to calibrate on")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="decode processes for the embedding pass")
-    parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.model and not args.network:
-        parser.error("--model needs --network (the backbone it was trained with)")
-    return args
+    return parser.parse_args(argv)
 
 
 def _model_options(args: argparse.Namespace) -> ModelOptions | None:
@@ -724,7 +704,8 @@ def _model_options(args: argparse.Namespace) -> ModelOptions | None:
     bins = ()
     if args.data_dir and args.threshold is None:
         bins = list(find_bins(args.data_dir, [t.strip() for t in args.targets.split(",") if t.strip()]).values())
-    backbone = load_model(args.model, args.network, args.onnx, args.num_features, args.device)
+    from face_model import load_model
+    backbone = load_model(args.model, args.onnx, args.network, args.num_features, args.device).backbone
     return ModelOptions(backbone, args.per_class, args.threshold, bins, args.batch_size, args.workers)
 
 
@@ -765,12 +746,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, dict]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except ArcFaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from eval.verification import l2_normalize
-from utils.errors import ArcFaceError, DataError
+from utils.cli import add_bool_argument, model_parser, run_tool
+from utils.errors import DataError
 from utils.image import normalize
 
 TARGETS = ("IJBC", "IJBB")
@@ -900,44 +901,6 @@ def _write_1n_csv(path: Path, tids: Sequence[int], rows, template_subject) -> No
 # models, outputs, command line
 # ----------------------------------------------------------------------------------------------
 
-def check_onnx_model(path: str) -> None:
-    """One-line error unless the graph takes one float32 N x 3 x 112 x 112 input and returns N x D."""
-    import onnx
-    if not Path(path).is_file():
-        raise IJBDataError(f"--onnx {path}: file not found (export one with torch2onnx.py)")
-    try:
-        graph = onnx.load(path, load_external_data=False).graph
-    except Exception as err:
-        raise IJBDataError(f"--onnx {path}: not an ONNX model ({str(err).splitlines()[0]})") from None
-    initializers = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
-    if len(inputs) != 1 or len(graph.output) < 1:
-        raise IJBDataError(f"--onnx {path}: {len(inputs)} inputs and {len(graph.output)} outputs; expected one "
-                           "N x 3 x 112 x 112 input and an N x D embedding output")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
-    dtype = inputs[0].type.tensor_type.elem_type
-    if len(dims) != 4 or dims[1:] != [3, IMAGE_SIZE, IMAGE_SIZE] or dtype != onnx.TensorProto.FLOAT:
-        shown = "x".join("N" if d is None else str(d) for d in dims)
-        raise IJBDataError(f"--onnx {path}: input {inputs[0].name!r} is {shown} "
-                           f"({onnx.TensorProto.DataType.Name(dtype).lower()}); this evaluator feeds float32 "
-                           f"N x 3 x {IMAGE_SIZE} x {IMAGE_SIZE} normalised crops: export with torch2onnx.py")
-    out_dims = graph.output[0].type.tensor_type.shape.dim
-    if len(out_dims) not in (0, 2):             # 0: shape not recorded in the graph
-        raise IJBDataError(f"--onnx {path}: output {graph.output[0].name!r} has {len(out_dims)} dimensions; "
-                           "expected N x D embeddings")
-
-
-def load_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    """The backbone (built and loaded once) or the ONNX session wrapped as one."""
-    from eval.verification import OnnxBackbone, load_backbone
-    if args.onnx:
-        check_onnx_model(args.onnx)
-        return OnnxBackbone(args.onnx)
-    from backbones import check_network
-    check_network(args.network)
-    return load_backbone(args.model, args.network, args.num_features, device)
-
-
 class StagedOutputs:
     """Files written under temporary names and renamed together at the end (nothing partial on failure)."""
 
@@ -1067,8 +1030,10 @@ def _features(args: argparse.Namespace, release: Release) -> tuple[np.ndarray, l
     else:
         skip = missing_crops(release)
         check_bad_budget(list(np.flatnonzero(skip)), ["missing"] * int(skip.sum()), n, args.max_bad, release.names)
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        backbone = load_model(args, device)
+        from face_model import load_model, pick_device
+        device = pick_device(args.device)
+        loaded = load_model(args.model, args.onnx, args.network, args.num_features, device)
+        backbone, args.network = loaded.backbone, loaded.network
         emb = embed_release(release, backbone, args.batch_size, args.workers, device, args.max_bad, skip,
                             progress=not args.no_progress)
         features, bad_rows, bad_reasons = emb.features, emb.bad_rows, emb.bad_reasons
@@ -1114,27 +1079,22 @@ def _write_outputs(folder: Path, target: str, payload: dict, main: Verification,
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.ijb", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model.pt (a backbone state_dict); needs --network")
-    source.add_argument("--onnx", help="exported ONNX model: float32 N x 3 x 112 x 112 input (x-127.5)/127.5")
-    source.add_argument("--features", help="re-score per-image features saved by an earlier run (no model)")
-    parser.add_argument("--network", help="backbone name, e.g. r50, r100, mbf")
-    parser.add_argument("--num-features", type=int, default=512, help="embedding size of --model")
+    parser = argparse.ArgumentParser(prog="python -m eval.ijb", description=__doc__.splitlines()[0],
+                                     parents=[model_parser(required=False)])
+    parser.add_argument("--features", help="re-score per-image features saved by an earlier run (no model)")
     parser.add_argument("--image-path", required=True, help="the IJBC (or IJBB) folder: meta/ and loose_crop/")
     parser.add_argument("--target", default="IJBC", type=str.upper, choices=TARGETS)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--result-dir", help="output folder (default: <run folder>/ijb for a model in a run)")
     parser.add_argument("--name", help="row name (default: the run folder's name, or the model file's stem)")
-    parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=True,
-                        help="F1: image feature = features(crop) + features(mirror) (default on)")
-    parser.add_argument("--norm-score", action=argparse.BooleanOptionalAction, default=True,
-                        help="N1: keep each image feature's norm as a quality weight; off = L2-normalise (default on)")
-    parser.add_argument("--detector-score", action=argparse.BooleanOptionalAction, default=True,
-                        help="D1: weight each image feature by its detector score (default on)")
+    add_bool_argument(parser, "--flip-test", default=True,
+                      help="F1: image feature = features(crop) + features(mirror); --no-flip-test: off")
+    add_bool_argument(parser, "--norm-score", default=True,
+                      help="N1: keep each image feature's norm as a quality weight; off = L2-normalise")
+    add_bool_argument(parser, "--detector-score", default=True,
+                      help="D1: weight each image feature by its detector score")
     parser.add_argument("--all-switches", action="store_true", help="all eight N/D/F combinations")
     parser.add_argument("--1n", dest="one_n", action="store_true", help="also 1:N identification (mixed media)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="decode/align processes beside the model (0: in the main process)")
     parser.add_argument("--max-bad", type=int, default=0, help="unreadable crops to skip before stopping")
@@ -1142,8 +1102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="do not write <target>_features.npy (the per-image features for --features)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.model and not args.network:
-        parser.error("--model needs --network (the backbone it was trained with, e.g. r50; not 'iresnet50')")
+    if sum(bool(x) for x in (args.model, args.onnx, args.features)) != 1:
+        parser.error("pass one of --model, --onnx, --features")
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     if args.workers < 0 or args.max_bad < 0:
@@ -1153,12 +1113,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except ArcFaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ from typing import Sequence
 import numpy as np
 
 from eval.dataset_stats import (SATURATED_NOTE, TrainingSet, calibrated_threshold, calibration_method, class_sums,
-                                contact_sheet, embed_samples, load_model, nearest, pair_cosines)
-from utils.errors import ArcFaceError, ConfigError, DataError
+                                contact_sheet, embed_samples, nearest, pair_cosines)
+from utils.cli import model_parser, run_tool
+from utils.errors import ConfigError, DataError
 
 DEFAULT_TARGETS = ("lfw", "cfp_fp", "agedb_30", "cplfw", "calfw")
 SHEET_ROWS = 12                     # strongest matches shown in the contact sheet
@@ -181,12 +182,8 @@ def write_sheet(cases: list, gallery: Gallery, threshold_of: dict[str, float], p
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.leakage", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model.pt (a backbone state_dict); needs --network")
-    source.add_argument("--onnx", help="exported ONNX model")
-    parser.add_argument("--network", help="backbone name, e.g. r50, LResNet50E_IR, mbf")
-    parser.add_argument("--num-features", type=int, default=512)
+    parser = argparse.ArgumentParser(prog="python -m eval.leakage", description=__doc__.splitlines()[0],
+                                     parents=[model_parser()])
     parser.add_argument("--train", required=True, help="training data: train.rec/train.idx folder or image folder")
     parser.add_argument("--data-dir", required=True, help="folder with the <target>.bin files")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated target names")
@@ -198,12 +195,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="decode processes for the training images")
     parser.add_argument("--nfolds", type=int, default=10)
-    parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.model and not args.network:
-        parser.error("--model needs --network (the backbone it was trained with)")
-    return args
+    return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -213,7 +206,9 @@ def run(args: argparse.Namespace) -> dict:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bins = find_bins(args.data_dir, targets)
     data = TrainingSet(args.train)
-    backbone = load_model(args.model, args.network, args.onnx, args.num_features, args.device)
+    from face_model import load_model
+    loaded = load_model(args.model, args.onnx, args.network, args.num_features, args.device)
+    backbone, args.network = loaded.backbone, loaded.network
     progress = not args.no_progress
     gallery = build_gallery(data, backbone, args.per_class, args.batch_size, args.workers, progress)
     results, cases = {}, []
@@ -242,12 +237,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except ArcFaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(lambda: run(args))
 
 
 if __name__ == "__main__":

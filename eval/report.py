@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from utils.errors import ArcFaceError, DataError
+from utils.cli import run_tool
+from utils.errors import DataError
 
 STANDARD_TARGETS = ("lfw", "cfp_fp", "agedb_30", "cplfw", "calfw")
 TARGET_TITLES = {"lfw": "LFW", "cfp_fp": "CFP-FP", "agedb_30": "AgeDB", "cplfw": "CPLFW", "calfw": "CALFW"}
@@ -548,11 +549,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
-    try:
-        runs = [read_run(p) for p in args.runs]
-    except ArcFaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_tool(lambda: report(args))
+
+
+def report(args: argparse.Namespace) -> None:
+    """Read every run first (a bad one stops before any output), then print and write the tables and plots."""
+    runs = [read_run(p) for p in args.runs]
     text = report_tables(runs, args.select)
     print(text)
     if args.markdown:
@@ -560,7 +562,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_plots:
         for run, path in zip(runs, _png_paths(runs, args.out)):
             print(f"wrote {plot_run(run, path)}")
-    return 0
 
 
 if __name__ == "__main__":

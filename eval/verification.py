@@ -22,9 +22,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from utils.errors import ArcFaceError, DataError
-from utils.image import ImageDecodeError, decode_rgb_chw, normalize
-from utils.run_config import resolve_model_args
+from utils.cli import model_parser, run_tool
+from utils.errors import DataError
+from utils.image import ImageDecodeError, decode_rgb_chw
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)      # accuracy / ROC grid of the original
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)     # VAL@FAR grid of the original
@@ -34,10 +34,6 @@ DEFAULT_TARGETS = ("lfw", "cfp_fp", "agedb_30", "cplfw", "calfw")
 
 class BinFileError(DataError):
     """A verification .bin file is unreadable or inconsistent."""
-
-
-class ModelLoadError(ArcFaceError, ValueError):
-    """A weights file does not fit the requested network."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,34 +408,11 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / norms[:, None]
 
 
-def _module_device(module: torch.nn.Module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def extract_embeddings(images: torch.Tensor, backbone: torch.nn.Module, batch_size: int,
                        progress: bool = False, desc: str | None = None) -> np.ndarray:
     """Raw backbone outputs (float64 array, as the original) for uint8 or 0..255 float NCHW images."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _module_device(backbone)
-    n = images.shape[0]
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
-    embeddings = None
-    with torch.inference_mode():
-        for start in starts:
-            batch = images[start:start + batch_size].to(device=device, copy=True)
-            out = backbone(normalize(batch)).float().cpu().numpy()
-            if embeddings is None:
-                embeddings = np.zeros((n, out.shape[1]))
-            embeddings[start:start + out.shape[0]] = out
-    return embeddings if embeddings is not None else np.zeros((0, 0))
+    from face_model import embed_images     # lazily: the training's callback imports this module
+    return embed_images(backbone, images, batch_size, progress, desc).astype(np.float64)
 
 
 def xnorm(embeddings_list: Sequence[np.ndarray]) -> float:
@@ -480,41 +453,6 @@ def test(data_set, backbone: torch.nn.Module, batch_size: int, nfolds: int = 10,
 # ----------------------------------------------------------------------------------------------
 # standalone evaluator
 # ----------------------------------------------------------------------------------------------
-
-class OnnxBackbone(torch.nn.Module):
-    """An exported model run by onnxruntime, callable like a backbone (normalised NCHW in, raw embedding out)."""
-
-    def __init__(self, path: str):
-        super().__init__()
-        import onnxruntime as ort
-        try:
-            self.session = ort.InferenceSession(path, providers=ort.get_available_providers())
-        except Exception as err:
-            raise ModelLoadError(f"{path}: cannot load ONNX model: {err}".splitlines()[0]) from None
-        first = self.session.get_inputs()[0]
-        self.input_name = first.name
-        self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        data = x.detach().cpu().numpy().astype(np.float32, copy=False)
-        n = data.shape[0]
-        if self.fixed_batch and n != self.fixed_batch:
-            outs = []
-            for start in range(0, n, self.fixed_batch):
-                chunk = data[start:start + self.fixed_batch]
-                pad = np.zeros((self.fixed_batch - chunk.shape[0],) + chunk.shape[1:], np.float32)
-                outs.append(self.session.run(None, {self.input_name: np.concatenate([chunk, pad])})[0][:len(chunk)])
-            return torch.from_numpy(np.concatenate(outs))
-        return torch.from_numpy(self.session.run(None, {self.input_name: data})[0])
-
-
-def load_backbone(model_path: str, network: str, num_features: int = 512,
-                  device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Build ``network`` and load a model.pt into it strictly, in eval mode (inference.load_backbone)."""
-    from inference import load_backbone as load_weights
-
-    return load_weights(network, model_path, device, num_features)
-
 
 def find_targets(data_dir: str, targets: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
     """Map each target to DIR/<target>.bin; also return the missing names; error if none exists."""
@@ -561,20 +499,12 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.verification",
+    parser = argparse.ArgumentParser(prog="python -m eval.verification", parents=[model_parser()],
                                      description="Evaluate a model on verification .bin sets (flip test).")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model.pt (a backbone state_dict); --network / --num-features come from "
-                                        "the run's config.json beside it unless given")
-    source.add_argument("--onnx", help="exported ONNX model (input already normalised)")
-    parser.add_argument("--network", help="backbone name, e.g. r50, r100, mbf")
     parser.add_argument("--data-dir", required=True, help="folder with <target>.bin files")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated target names")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--nfolds", type=int, default=10)
-    parser.add_argument("--num-features", type=int, default=None,
-                        help="embedding size (default: from config.json beside the model, else 512)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--json", help="write every number (and ROC arrays) to this file")
     parser.add_argument("--name", help="row name in the table (default: the model's folder or file name)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -588,15 +518,11 @@ def run(args: argparse.Namespace) -> dict:
     """Evaluate every target found; print per-target lines and the table row; return the JSON payload."""
     from eval.report import markdown_table
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    from face_model import load_model
     found, missing = find_targets(args.data_dir, targets)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.onnx:
-        backbone = OnnxBackbone(args.onnx)
-        name = args.name or Path(args.onnx).stem
-    else:
-        args.network, args.num_features = resolve_model_args(args.model, args.network, args.num_features)
-        backbone = load_backbone(args.model, args.network, args.num_features, device)
-        name = args.name or Path(args.model).resolve().parent.name
+    loaded = load_model(args.model, args.onnx, args.network, args.num_features, args.device)
+    backbone, args.network = loaded.backbone, loaded.network
+    name = args.name or (Path(args.onnx).stem if args.onnx else loaded.path.resolve().parent.name)
     results = {}
     for target, path in found.items():
         res = evaluate_target(path, backbone, args.batch_size, args.nfolds, progress=not args.no_progress)
@@ -621,12 +547,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except ArcFaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def test_dcface_bad_release_folders(dcface, tmp_path, capsys, damage, message):
     damage(src)
     with pytest.raises(ConverterError, match="^.*" + message.replace("(", r"\(").replace(")", r"\)")):
         DCFaceRelease(src)
-    assert run("--from-dcface", src, tmp_path / "out") == 1
+    assert run("--from-dcface", src, tmp_path / "out") == 4
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out" / "train.rec").exists()
@@ -190,7 +190,7 @@ def test_hsface_lmdb_inconsistent(tmp_path, capsys, change, message):
     path = make_lmdb(tmp_path / "bad.lmdb", items)
     with pytest.raises(ConverterError, match=message.replace("(", r"\(").replace(")", r"\)")):
         HSFaceLMDB(path)
-    assert run("--from-lmdb", path, tmp_path / "out") == 1
+    assert run("--from-lmdb", path, tmp_path / "out") == 4
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 
@@ -209,8 +209,8 @@ def test_hsface_good_synthetic_lmdb_reads(tmp_path):
 def test_hsface_corrupt_file(hsface, tmp_path, capsys, damage, message):
     path = tmp_path / "broken.lmdb"
     path.write_bytes(damage((hsface / "hsface_tiny.lmdb").read_bytes()))
-    assert run("--from-lmdb", path, tmp_path / "out") == 1
+    assert run("--from-lmdb", path, tmp_path / "out") == 4
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and str(path) in err
-    assert run("--from-lmdb", tmp_path / "missing.lmdb", tmp_path / "out") == 1
+    assert run("--from-lmdb", tmp_path / "missing.lmdb", tmp_path / "out") == 4
     assert "LMDB not found" in capsys.readouterr().err

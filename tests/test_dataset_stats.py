@@ -125,10 +125,10 @@ def test_cli_writes_json_png_and_a_summary_row_per_set(planted_folder, tmp_path,
 
 def test_bad_input_is_one_line(tmp_path, capsys):
     (tmp_path / "empty" / "a").mkdir(parents=True)
-    assert S.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert S.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 4
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no images found" in err and str(tmp_path / "empty") in err
-    assert S.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert S.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 4
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(DataError, match="synthetic"):
         S.TrainingSet("synthetic")
@@ -354,17 +354,17 @@ def test_model_inputs_are_checked_before_any_work(planted_folder, tmp_path, caps
     monkeypatch.setattr(S, "embed_identities", heavy)
     model = ["--model", str(tmp_path / "model.pt"), "--network", "mbf_tiny", "--num-features", "32"]
     rest = ["--out", str(tmp_path / "o"), "--no-progress", "--workers", "0"]
-    cases = [([str(planted_folder), *model, "--threshold", "-2"], "--threshold -2.0"),
-             ([str(planted_folder), *model, "--threshold", "inf"], "--threshold inf"),
-             ([str(planted_folder), *model, "--data-dir", str(tmp_path / "bins")], "lfw.bin"),
-             ([str(planted_folder), *model[:-1], "64"], "does not fit --network mbf_tiny"),
-             ([str(planted_folder), "--onnx", str(W.wrong_input_onnx(tmp_path / "big.onnx"))], "224"),
+    cases = [([str(planted_folder), *model, "--threshold", "-2"], "--threshold -2.0", 2),
+             ([str(planted_folder), *model, "--threshold", "inf"], "--threshold inf", 2),
+             ([str(planted_folder), *model, "--data-dir", str(tmp_path / "bins")], "lfw.bin", 4),
+             ([str(planted_folder), *model[:-1], "64"], "the weights hold 32-d embeddings: pass --num-features 32", 2),
+             ([str(planted_folder), "--onnx", str(W.wrong_input_onnx(tmp_path / "big.onnx"))], "224", 5),
              # a training folder with no images: also when it is not the first one, and with a model
-             ([str(planted_folder), str(tmp_path / "empty"), *model], "no images found"),
-             ([str(planted_folder), str(tmp_path / "empty")], "no images found"),
-             ([str(planted_folder), str(tmp_path / "nothing.json")], "does not exist")]
-    for args, needle in cases:
-        assert S.main(args + rest) == 2
+             ([str(planted_folder), str(tmp_path / "empty"), *model], "no images found", 4),
+             ([str(planted_folder), str(tmp_path / "empty")], "no images found", 4),
+             ([str(planted_folder), str(tmp_path / "nothing.json")], "does not exist", 4)]
+    for args, needle, code in cases:
+        assert S.main(args + rest) == code
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
     assert not (tmp_path / "o").exists()

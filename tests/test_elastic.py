@@ -173,8 +173,8 @@ def test_cli_info_and_reshard_of_an_original_checkpoint(tmp_path, capsys):
     assert torch.equal(gathered(kept), gathered(original))
     assert C.main(["info", str(tmp_path)]) == 0
     assert "world size 3" in capsys.readouterr().out
-    assert C.main(["reshard", str(tmp_path / "none"), "--world-size", "2"]) == 2
-    assert capsys.readouterr().out.startswith("error: no complete set of checkpoint_gpu_<rank>.pt files")
+    assert C.main(["reshard", str(tmp_path / "none"), "--world-size", "2"]) == 5
+    assert capsys.readouterr().err.startswith("error: no complete set of checkpoint_gpu_<rank>.pt files")
 
 
 def test_a_kill_at_any_point_of_a_reshard_leaves_a_usable_checkpoint(tmp_path, monkeypatch):

@@ -112,15 +112,34 @@ def test_cli_wrong_network_names_both(data_dir, tmp_path, capsys):
 def test_cli_data_dir_without_targets_says_what_it_looked_for(tmp_path, capsys):
     rc = V.main(["--onnx", "unused.onnx", "--data-dir", str(tmp_path)])
     err = capsys.readouterr().err
-    assert rc == 2
+    assert rc == 4
     assert "lfw.bin, cfp_fp.bin, agedb_30.bin, cplfw.bin, calfw.bin" in err and str(tmp_path) in err
 
 
 def test_cli_model_needs_network_when_no_run_config(tmp_path, capsys):
     (tmp_path / "lfw.bin").write_bytes(b"")
+    torch.save(get_model("mbf", num_features=512).state_dict(), tmp_path / "x.pt")
     rc = V.main(["--model", str(tmp_path / "x.pt"), "--data-dir", str(tmp_path), "--targets", "lfw"])
     assert rc == 2
     assert "no --network given and no config.json beside" in capsys.readouterr().err
+
+
+def test_cli_messages_point_at_the_fix(tmp_path, capsys):
+    (tmp_path / "lfw.bin").write_bytes(b"")
+    weights = tmp_path / "model.pt"
+    torch.save(get_model("mbf", num_features=512).state_dict(), weights)
+    base = ["--data-dir", str(tmp_path), "--targets", "lfw"]
+    assert V.main(["--model", str(weights), "--network", "mbf", "--num-features", "128", *base]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {weights} does not fit --num-features 128: the weights hold "
+                                               "512-d embeddings: pass --num-features 512 or omit it")
+    _tiny_onnx(TinyNet(), tmp_path / "tiny.onnx")
+    assert V.main(["--model", str(tmp_path / "tiny.onnx"), *base]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'tiny.onnx'}: this is an ONNX file: use --onnx "
+                                               f"{tmp_path / 'tiny.onnx'}")
+    (tmp_path / "config.json").write_text('{"network": "mbf", "embedding_size": 512}')
+    assert V.main(["--model", str(weights), "--network", "r50", *base]) == 2
+    err = capsys.readouterr().err
+    assert "--network r50 disagrees with the run's config.json" in err and "(mbf)" in err
 
 
 class TinyNet(torch.nn.Module):
@@ -173,12 +192,3 @@ def test_cli_onnx_subprocess_matches_torch(data_dir, tmp_path):
     accs = [payload["targets"][t]["acc"] for t in ("lfw", "agedb_30")]
     assert row == [f"{accs[0] * 100:.2f}", f"{accs[1] * 100:.2f}", "-", f"{np.mean(accs) * 100:.2f}"]
     assert "note: calfw.bin not found" in proc.stdout and "Avg. is over 2 of 3 targets" in proc.stdout
-
-
-def test_onnx_backbone_fixed_batch_pads_last_batch(tmp_path):
-    net = TinyNet().eval()
-    _tiny_onnx(net, tmp_path / "fixed.onnx", fixed_batch=4)
-    backbone = V.OnnxBackbone(str(tmp_path / "fixed.onnx"))
-    x = torch.randn(10, 3, 112, 112)
-    with torch.inference_mode():
-        np.testing.assert_allclose(backbone(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -241,13 +241,13 @@ def test_truncated_images_are_refused_or_skipped_never_packed(work, tmp_path, ca
     bad = truncated_images(work)
     capsys.readouterr()
     shutil.copy(work / "train.lst", work / "again.lst")
-    assert run(work / "again", work / "images", *mode) == 1
+    assert run(work / "again", work / "images", *mode) == 4
     err = capsys.readouterr().err
     for path in bad:
         assert f"bad image {path}: cannot decode image" in err
     assert "truncated JPEG" in err and "truncated PNG" in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("im2rec: error: 3 of 25 images are missing, truncated or undecodable")
+    assert last.startswith("error: 3 of 25 images are missing, truncated or undecodable")
     assert "--skip-bad" in last
     assert not (work / "again.rec").exists() and not (work / "again.idx").exists()
     assert leftovers(work) == []
@@ -278,7 +278,7 @@ def test_sizes_training_refuses_are_warned_and_resize_fixes_them(work, capsys):
 
 def test_all_images_failing_is_an_error_and_writes_nothing(work, tmp_path, capsys):
     (tmp_path / "elsewhere").mkdir()
-    assert run(work / "train", tmp_path / "elsewhere", "--pass-through") == 1
+    assert run(work / "train", tmp_path / "elsewhere", "--pass-through") == 4
     assert "none of the 24 images could be read" in capsys.readouterr().err
     assert not (work / "train.rec").exists() and not (work / "train.idx").exists()
     assert leftovers(work) == []
@@ -425,7 +425,7 @@ def test_bad_input_gives_one_line_errors(work, tmp_path, capsys):
     (work / "broken.lst").write_text("0\t1.000000\tid_00/0.jpg\nnot-a-number\t1\tid_00/1.jpg\n")
     (work / "dup.lst").write_text("4\t1.000000\tid_00/0.jpg\n4\t1.000000\tid_00/1.jpg\n")
     for argv, expected in cases:
-        assert run(*argv) == 1, argv
+        assert run(*argv) == 4, argv
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, (argv, err)
     assert leftovers(work) == []
@@ -445,4 +445,4 @@ def test_python_dash_m_entry_point(work):
     proc = subprocess.run([sys.executable, "-m", "im2rec", "--list", str(work / "x"),
                            str(work / "nope")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr

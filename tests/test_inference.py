@@ -1,41 +1,23 @@
-"""inference.py: embeddings from model.pt and from the exported ONNX agree; resize warning; errors."""
+"""inference.py: the command line and the original inference(); embeddings from model.pt and ONNX agree; errors."""
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
-import warnings
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from backbones import get_model
 from conftest import FIXTURES, REPO
-from inference import (WeightsError, cosine_similarity, embed_images, load_backbone, load_image, load_onnx,
-                       main)
-from torch2onnx import convert_onnx
-from utils.errors import DataError
+from face_model import cosine_similarity, embed_images, load_backbone, load_image
+from inference import inference, main
+from tests.test_face_model import mbf  # noqa: F401  (a fixture: mbf model.pt and model.onnx)
 
 IMAGES = FIXTURES / "mx_im2rec" / "images"
 FACE_A = IMAGES / "id_00" / "0.jpg"
 FACE_B = IMAGES / "id_03" / "1.jpg"
-
-
-@pytest.fixture(scope="module")
-def mbf(tmp_path_factory):
-    """A random-weight mbf saved as model.pt and exported to model.onnx."""
-    work = tmp_path_factory.mktemp("work_dirs")
-    torch.manual_seed(0)
-    net = get_model("mbf", dropout=0.0, fp16=False, num_features=512)
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(0.0, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    torch.save(net.state_dict(), work / "model.pt")
-    convert_onnx(net.eval(), None, work / "model.onnx")
-    return work
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -52,21 +34,8 @@ def printed_embeddings(stdout: str) -> np.ndarray:
     return np.array([[float(v) for v in block.split()] for block in blocks], dtype=np.float32)
 
 
-def test_load_backbone_and_embed(mbf):
-    net = load_backbone("mbf", mbf, "cpu")
-    assert not net.training
-    images = torch.stack([load_image(FACE_A), load_image(FACE_B)])
-    feats = embed_images(net, images, batch_size=1)
-    assert feats.shape == (2, 512) and feats.dtype == np.float32
-    with torch.no_grad():
-        direct = net(((images.float() / 255) - 0.5) / 0.5).numpy()
-    np.testing.assert_allclose(feats, direct, rtol=0, atol=1e-5 * np.abs(direct).max())
-    onnx_feats = embed_images(load_onnx(mbf / "model.onnx"), images)
-    np.testing.assert_allclose(onnx_feats, feats, rtol=0, atol=1e-4 * np.abs(feats).max())
-
-
 @pytest.mark.slow
-def test_cli_torch_and_onnx_agree(mbf, tmp_path):
+def test_cli_torch_and_onnx_agree(mbf, tmp_path):  # noqa: F811
     """Both ways, with one aligned image and one 120x120 image that must be resized with a warning."""
     big = cv2.resize(cv2.imread(str(FACE_B)), (120, 120), interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(tmp_path / "big.png"), big)
@@ -92,45 +61,43 @@ def test_cli_torch_and_onnx_agree(mbf, tmp_path):
     assert cos_o == pytest.approx(cos_t, abs=1e-5)
 
 
-def test_resize_warning_in_process(tmp_path):
-    cv2.imwrite(str(tmp_path / "wide.png"), np.full((100, 130, 3), 90, np.uint8))
-    with pytest.warns(UserWarning, match="130x100, resized to 112x112"):
-        image = load_image(tmp_path / "wide.png")
-    assert image.shape == (3, 112, 112) and image.dtype == torch.uint8
-    assert int(image[0, 50, 50]) == 90
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        assert load_image(FACE_A).shape == (3, 112, 112)
-
-
-def test_errors(mbf, tmp_path, capsys):
-    with pytest.raises(WeightsError, match=r"model\.pt does not fit --network vit_t"):
-        load_backbone("vit_t", mbf / "model.pt")
-    with pytest.raises(WeightsError, match="weights not found"):
-        load_backbone("mbf", tmp_path / "missing.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot read weights"):
-        load_backbone("mbf", tmp_path / "junk.pt")
-    with pytest.raises(WeightsError, match="ONNX model not found"):
-        load_onnx(tmp_path / "missing.onnx")
-    with pytest.raises(DataError, match="image not found"):
-        load_image(tmp_path / "missing.jpg")
-
-    assert main(["--network", "r18", "--weight", str(mbf / "model.pt"), "--img", str(FACE_A)]) == 1
+def test_errors_are_one_line_with_the_class_exit_code(mbf, tmp_path, capsys):  # noqa: F811
+    assert main(["--network", "r18", "--weight", str(mbf / "model.pt"), "--img", str(FACE_A)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "model.pt" in lines[0] and "r18" in lines[0]
-    assert main(["--network", "mbf", "--weight", str(mbf), "--img", str(tmp_path / "nope.jpg")]) == 1
+    assert main(["--network", "mbf", "--weight", str(mbf), "--img", str(tmp_path / "nope.jpg")]) == 4
     assert capsys.readouterr().err.strip() == f"error: image not found: {tmp_path / 'nope.jpg'}"
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
-    assert main(["--onnx", str(mbf / "model.onnx"), "--img", str(tmp_path / "bad.jpg")]) == 1
+    assert main(["--onnx", str(mbf / "model.onnx"), "--img", str(tmp_path / "bad.jpg")]) == 4
     assert capsys.readouterr().err.startswith("error: cannot decode image")
+    assert main(["--weight", str(tmp_path / "missing.pt"), "--network", "mbf"]) == 5
+    assert capsys.readouterr().err.startswith("error: weights not found")
     with pytest.raises(SystemExit):
         main(["--onnx", str(mbf / "model.onnx"), "--weight", str(mbf / "model.pt"), "--img", str(FACE_A)])
+    with pytest.raises(SystemExit):
+        main(["--onnx", str(mbf / "model.onnx"), "--network", "mbf"])
     with pytest.raises(SystemExit):
         main(["--img", str(FACE_A)])
 
 
-def test_main_prints_and_saves(mbf, tmp_path, capsys):
+def test_messages_point_at_the_fix(mbf, capsys):  # noqa: F811
+    assert main(["--network", "mbf", "--weight", str(mbf / "model.onnx")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {mbf / 'model.onnx'}: this is an ONNX file: use --onnx "
+                                               f"{mbf / 'model.onnx'}")
+    assert main(["--network", "mbf", "--weight", str(mbf), "--num-features", "256"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "does not fit --num-features 256: the weights hold 512-d embeddings: pass --num-features 512 or omit it")
+
+
+def test_the_original_inference_function(mbf, capsys):  # noqa: F811
+    feat = inference(str(mbf / "model.pt"), "mbf", str(FACE_A))
+    expected = embed_images(load_backbone("mbf", mbf), load_image(FACE_A))
+    np.testing.assert_allclose(feat, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+    assert capsys.readouterr().out.startswith("[[")
+    assert inference(str(mbf / "model.pt"), "mbf", None).shape == (1, 512)   # a random image
+
+
+def test_main_prints_and_saves(mbf, tmp_path, capsys):  # noqa: F811
     assert main(["--network", "mbf", "--weight", str(mbf), "--img", str(FACE_A)]) == 0
     printed = printed_embeddings(capsys.readouterr().out)
     assert main(["--network", "mbf", "--weight", str(mbf), "--img", str(FACE_A), "--out", str(tmp_path / "e")]) == 0

@@ -260,29 +260,30 @@ def test_bad_input_is_one_line_before_heavy_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(L, "build_gallery", heavy)
     monkeypatch.setattr(L, "check_target", heavy)
 
-    def fails(*extra, needles, train="train", source=model):
+    def fails(*extra, needles, code, train="train", source=model):
         args = [*source, "--train", str(tmp_path / train), "--data-dir", str(tmp_path / "bins"), "--targets",
                 "demo_val", "--workers", "0", "--no-progress", "--out", str(tmp_path / "o"), *extra]
-        assert L.main(args) == 2
+        assert L.main(args) == code
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: "), err
         for needle in needles:
             assert needle in err, err
 
     # a threshold outside [-1, 1]
-    fails("--threshold", "1.5", needles=["--threshold 1.5", "[-1, 1]"])
-    fails("--threshold", "-1.01", needles=["--threshold -1.01", "[-1, 1]"])
-    fails("--threshold", "nan", needles=["--threshold nan"])
+    fails("--threshold", "1.5", needles=["--threshold 1.5", "[-1, 1]"], code=2)
+    fails("--threshold", "-1.01", needles=["--threshold -1.01", "[-1, 1]"], code=2)
+    fails("--threshold", "nan", needles=["--threshold nan"], code=2)
     # a target without its .bin; a data folder that is none
-    fails("--targets", "demo_val,lfw", needles=["lfw.bin", "demo_val"])
-    fails("--data-dir", str(tmp_path / "nowhere"), needles=["nowhere: not a directory"])
+    fails("--targets", "demo_val,lfw", needles=["lfw.bin", "demo_val"], code=4)
+    fails("--data-dir", str(tmp_path / "nowhere"), needles=["nowhere: not a directory"], code=4)
     # a training folder with no images (or none at all)
     (tmp_path / "empty" / "someone").mkdir(parents=True)
-    fails(train="empty", needles=["no images found"])
-    fails(train="missing", needles=["missing"])
+    fails(train="empty", needles=["no images found"], code=4)
+    fails(train="missing", needles=["missing"], code=4)
     # a model that does not fit the network; an ONNX model that does not take the tools' crops
-    fails(needles=["does not fit --network mbf_tiny"], source=[*model[:-1], "32"])
-    fails(needles=["does not fit --network"], source=[*model[:3], "r18", *model[4:]])
-    fails(needles=["224", "112"], source=["--onnx", str(W.wrong_input_onnx(tmp_path / "big.onnx"))])
-    fails(needles=["file not found"], source=["--onnx", str(tmp_path / "none.onnx")])
+    fails(needles=[f"the weights hold {EMBEDDING}-d embeddings: pass --num-features {EMBEDDING}"],
+          source=[*model[:-1], "32"], code=2)
+    fails(needles=["does not fit --network"], source=[*model[:3], "r18", *model[4:]], code=2)
+    fails(needles=["224", "112"], source=["--onnx", str(W.wrong_input_onnx(tmp_path / "big.onnx"))], code=5)
+    fails(needles=["ONNX model not found"], source=["--onnx", str(tmp_path / "none.onnx")], code=5)
     assert not (tmp_path / "o").exists()

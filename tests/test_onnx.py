@@ -15,7 +15,7 @@ import torch
 import torch2onnx
 from backbones import get_model
 from conftest import FIXTURES, REPO
-from inference import cosine_similarity, embed_images, load_image
+from face_model import cosine_similarity, embed_images, load_image
 from torch2onnx import (BATCH_DIM, INPUT_NAME, OUTPUT_NAME, ExportError, convert_onnx, fix_node_names,
                         looks_like_mxnet, random_inputs)
 
@@ -189,14 +189,29 @@ def test_cli_directory_input_and_errors(tmp_path, capsys):
     check_graph(work / "model.onnx")
     check_onnxruntime(work / "model.onnx", net)
 
-    assert torch2onnx.main([str(work / "model.pt"), "--network", "vit_t", "--output", str(tmp_path / "bad.onnx")]) == 1
+    assert torch2onnx.main([str(work / "model.pt"), "--network", "vit_t", "--output", str(tmp_path / "bad.onnx")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "model.pt" in lines[0] and "vit_t" in lines[0]
     assert not (tmp_path / "bad.onnx").exists()
 
-    assert torch2onnx.main([str(tmp_path / "nope.pt"), "--network", "mbf"]) == 1
+    assert torch2onnx.main([str(tmp_path / "nope.pt"), "--network", "mbf"]) == 5
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: weights not found: {tmp_path / 'nope.pt'} (pass the model.pt written by training)"]
 
-    assert torch2onnx.main([str(work), "--network", "r1000"]) == 1
+    assert torch2onnx.main([str(work), "--network", "r1000"]) == 2
     assert "unknown network 'r1000'" in capsys.readouterr().err
+
+    assert torch2onnx.main([str(work / "model.onnx"), "--network", "mbf"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {work / 'model.onnx'}: this is an ONNX file: exported "
+                                               "already; pass the model.pt written by training")
+    assert torch2onnx.main([str(work), "--network", "mbf", "--num-features", "128"]) == 2
+    assert "the weights hold 512-d embeddings: pass --num-features 512 or omit it" in capsys.readouterr().err
+
+
+def test_simplify_flag_takes_a_bool():
+    parse = torch2onnx.parse_args
+    assert parse(["m.pt"]).simplify is False and parse(["m.pt", "--simplify"]).simplify is True
+    assert parse(["m.pt", "--simplify", "false"]).simplify is False
+    assert parse(["m.pt", "--simplify", "True"]).simplify is True
+    with pytest.raises(SystemExit):
+        parse(["m.pt", "--simplify", "maybe"])

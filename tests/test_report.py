@@ -235,7 +235,7 @@ def test_bad_ijb_file_is_one_line_naming_it(tmp_path, capsys):
     run = _run_folder(tmp_path, "run", {10: {"lfw": 0.9}})
     (run / "ijb").mkdir()
     (run / "ijb" / "ijbc.json").write_text('{"target": "LFW"}')
-    assert R.main([str(run), "--no-plots"]) == 2
+    assert R.main([str(run), "--no-plots"]) == 4
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(run / "ijb" / "ijbc.json") in err and "eval.ijb" in err
 
@@ -254,8 +254,8 @@ def test_report_default_png_locations_and_json_argument(fixtures_dir, tmp_path, 
 
 def test_report_errors_name_the_path(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert R.main([str(tmp_path / "empty")]) == 2
+    assert R.main([str(tmp_path / "empty")]) == 4
     err = capsys.readouterr().err
     assert str(tmp_path / "empty") in err and "training.log" in err
-    assert R.main([str(tmp_path / "nope")]) == 2
+    assert R.main([str(tmp_path / "nope")]) == 4
     assert "no such run folder" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from tests.test_train import tiny_data, write_config  # noqa: F401  (tiny_data i
 
 from backbones import get_model
 from utils.checkpoint import load_checkpoint, save_rank_checkpoint
-from utils.errors import ConfigError
+from utils.errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,7 @@ def test_unreadable_checkpoints_are_refused_and_legacy_format_files_resume(tmp_p
     output.mkdir()
     cfg = EasyDict(output=str(output), resume="auto")
     (output / "checkpoint_gpu_0.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match=r"no checkpoint can be read \(.*checkpoint_gpu_0\.pt\)"):
+    with pytest.raises(CheckpointError, match=r"no checkpoint can be read \(.*checkpoint_gpu_0\.pt\)"):
         load_checkpoint(cfg, 0)                       # "auto" must not start over a damaged run
     torch.save({"global_step": 7, "epoch": 1}, output / "checkpoint_gpu_0.pt",
                _use_new_zipfile_serialization=False)  # written by an old torch: no memory mapping

@@ -116,7 +116,7 @@ def test_cleaned_record_set(noisy, tmp_path, capsys):
     lines = (out / "train.lst").read_text().splitlines()
     assert [line.split("\t")[-1] for line in lines] == [f"{keys[i]}:{labels[i]}" for i in kept]
     assert (out / "property").read_text().startswith("3,")
-    assert main(_args(data, run, out)) == 1
+    assert main(_args(data, run, out)) == 2
     assert "already holds a train.rec" in capsys.readouterr().err
 
 
@@ -133,13 +133,14 @@ def test_renumbering_skips_a_dropped_class(noisy, tmp_path):
     assert cleaned.load_bgr(len(cleaned) - 1)[1] == 2  # old class 3
 
 
-@pytest.mark.parametrize("extra, message", [(["--k", "5"], "not a multiple of --k 5"),
-                                            (["--angle", "0"], "--angle"),
-                                            (["--k", "0"], "--k must be >= 1")])
-def test_bad_input_is_one_line_and_leaves_nothing(noisy, tmp_path, capsys, extra, message):
+@pytest.mark.parametrize("extra, message, code", [(["--k", "5"], "not a multiple of --k 5", 2),
+                                                  (["--angle", "0"], "--angle", 2),
+                                                  (["--k", "0"], "--k must be >= 1", 2),
+                                                  (["--num-features", "8"], "the weights hold 16-d embeddings", 2)])
+def test_bad_input_is_one_line_and_leaves_nothing(noisy, tmp_path, capsys, extra, message, code):
     data, run, *_ = noisy
     out = tmp_path / "never"
-    assert main(_args(data, run, out, *extra)) == 1
+    assert main(_args(data, run, out, *extra)) == code
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and err.startswith("error: ")
     assert not out.exists()
@@ -147,5 +148,28 @@ def test_bad_input_is_one_line_and_leaves_nothing(noisy, tmp_path, capsys, extra
 
 def test_a_run_without_checkpoints_is_explained(noisy, tmp_path, capsys):
     data, _, *_ = noisy
-    assert main(_args(data, tmp_path, tmp_path / "o")) == 1
+    assert main(_args(data, tmp_path, tmp_path / "o")) == 5
     assert "save_all_states=True" in capsys.readouterr().err
+
+
+def test_an_unreadable_centre_shard_is_a_checkpoint_error(noisy, tmp_path, capsys):
+    import shutil
+    data, run, *_ = noisy
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    (broken / "checkpoint_gpu_1.pt").write_bytes(b"not a checkpoint")
+    assert main(_args(data, broken, tmp_path / "o")) == 5
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot read the class centres of {broken / 'checkpoint_gpu_1.pt'}") and "\n" not in err
+
+
+def test_network_and_size_come_from_the_run_config(noisy, tmp_path, capsys):
+    import json
+    import shutil
+    data, run, *_ = noisy
+    described = tmp_path / "run"
+    shutil.copytree(run, described)
+    (described / "config.json").write_text(json.dumps({"network": "mbf_tiny", "embedding_size": 16}))
+    args = ["--rec", str(data), "--run", str(described), "--out", str(tmp_path / "clean"), "--batch-size", "8"]
+    assert main(args) == 0
+    assert "kept " in capsys.readouterr().out

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from utils.elastic import (ShardFile, class_range, describe_incomplete, latest_complete_set, load_set,
                            num_classes_of, read_shard, reshard, rows_per_class, scan_shards, write_resharded)
+from utils.cli import run_tool
 from utils.errors import CheckpointError, ConfigError
 from utils.files import atomic_write, atomic_write_text
 
@@ -195,7 +196,9 @@ def _held_steps(output: str, rank: int, world_size: int) -> tuple[dict[int, str]
 
 
 def load_checkpoint(cfg: Any, rank: int, distributed: bool = False) -> dict[str, Any] | None:
-    """The checkpoint to resume from, None to start fresh; ConfigError when it cannot be used.
+    """The checkpoint to resume from, None to start fresh.
+
+    ConfigError when it does not fit the config, CheckpointError when no checkpoint can be read.
 
     With several ranks, they agree on the latest global step that every rank holds (in
     checkpoint_gpu_<rank>.pt or .previous.pt), so an interrupted save never resumes the ranks at
@@ -222,7 +225,7 @@ def load_checkpoint(cfg: Any, rank: int, distributed: bool = False) -> dict[str,
         return _load_resharded(cfg, elastic, rank, world)
     if not any(per_rank):
         if damaged:
-            raise ConfigError(f"no checkpoint can be read ({', '.join(damaged)}): move them away to start "
+            raise CheckpointError(f"no checkpoint can be read ({', '.join(damaged)}): move them away to start "
                               f"fresh, or restore them from a copy")
         if cfg.resume == "auto" and not describe_incomplete(cfg.output):
             return None
@@ -397,19 +400,19 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--num-classes", type=int, default=None,
                          help="class count (default: the checkpoint's; its rows for the original's files)")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "info":
-            print("\n".join(describe_checkpoint(args.output)))
-            return 0
-        if args.world_size < 1:
-            parser.error("--world-size must be >= 1")
-        old, new = write_resharded(args.output, args.world_size, args.num_classes, save=atomic_save)
-        print(f"resharded global step {old[0].step} from {len(old)} to {len(new)} ranks: {', '.join(new)} "
-              f"(the old files are kept as checkpoint_gpu_<rank>.previous.pt)")
-        return 0
-    except (CheckpointError, ConfigError) as err:
-        print(f"error: {err}")
-        return 2
+    if args.command == "reshard" and args.world_size < 1:
+        parser.error("--world-size must be >= 1")
+    return run_tool(lambda: _info(args.output) if args.command == "info" else _reshard(args))
+
+
+def _info(output: str) -> None:
+    print("\n".join(describe_checkpoint(output)))
+
+
+def _reshard(args) -> None:
+    old, new = write_resharded(args.output, args.world_size, args.num_classes, save=atomic_save)
+    print(f"resharded global step {old[0].step} from {len(old)} to {len(new)} ranks: {', '.join(new)} "
+          f"(the old files are kept as checkpoint_gpu_<rank>.previous.pt)")
 
 
 if __name__ == "__main__":

@@ -4,17 +4,25 @@
 class ArcFaceError(Exception):
     """Base of every error the toolkit raises on bad input."""
 
+    exit_code = 1       # a command-line tool's exit status (utils.cli.run_tool): one number per class
+
 
 class ConfigError(ArcFaceError, ValueError):
-    """A config key is unknown, mistyped or inconsistent."""
+    """A config key or command-line flag is unknown, mistyped or inconsistent."""
+
+    exit_code = 2       # argparse's usage errors exit 2 too: both are fixed on the command line
 
 
 class DataError(ArcFaceError, ValueError):
     """A data file is missing, corrupt, or disagrees with the config."""
 
+    exit_code = 4       # 3 is train_v2's "stopped, resume it"
+
 
 class CheckpointError(ArcFaceError, OSError):
     """A checkpoint or model file cannot be read or written (full disk, read-only folder)."""
+
+    exit_code = 5
 
 
 class EnvironmentVersionError(ArcFaceError, RuntimeError):

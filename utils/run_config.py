@@ -2,8 +2,8 @@
 
 Written once at the start of training (atomically, rank 0): network, embedding size, image size,
 margin, the input normalisation and colour order, the data it trained on, the torch version and
-the whole resolved config (secrets masked). ``eval.verification``, ``torch2onnx.py`` and
-``inference.py`` read it when ``--network`` / ``--num-features`` are not given; a flag that
+the whole resolved config (secrets masked). Every tool that loads a model.pt reads it (through
+``face_model.load_model``) when ``--network`` / ``--num-features`` are not given; a flag that
 disagrees with the file is an error naming both.
 """
 from __future__ import annotations

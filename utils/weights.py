@@ -6,11 +6,15 @@ from typing import Union
 
 import torch
 
-from utils.errors import DataError
+from utils.errors import CheckpointError, ConfigError
 
 
-class WeightsError(DataError):
-    """A model.pt is missing, unreadable or does not fit the requested network."""
+class WeightsError(CheckpointError):
+    """A model.pt (or an exported ONNX model) is missing or unreadable."""
+
+
+class WeightsMismatchError(ConfigError):
+    """A model.pt does not fit the --network / --num-features asked for (the flag is what to change)."""
 
 
 def read_backbone_state(path: Union[str, Path]) -> dict[str, torch.Tensor]:
