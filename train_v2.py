@@ -22,6 +22,7 @@ from utils.checkpoint import (OutputLock, StopRequest, atomic_save, checkpoint_p
                               rng_states, save_rank_checkpoint, set_rng_states)
 from utils.data_check import check_data_vs_config, check_val_targets, inspect_data, resolve_auto
 from utils.demo_data import ensure_demo_data
+from utils.cli import run_tool
 from utils.errors import ArcFaceError
 from callbacks import CallBackLogging, CallBackVerification, build_metric_writers
 from utils.run_config import describe_run, write_run_config
@@ -36,6 +37,7 @@ from training import (GradScaleWatch, build_backbone, build_grad_scaler, build_l
 
 class TrainingStopped(ArcFaceError):
     """Training stopped early (signal, non-finite loss); a checkpoint was written where possible."""
+    exit_code = 3       # "resume it": schedulers requeue on this status
 
 
 def main(args: argparse.Namespace) -> None:
@@ -98,7 +100,7 @@ def train(cfg, info, progress: dict | None = None) -> None:
 
     start_epoch, global_step, start_batch, start_sample = 0, 0, 0, 0
     remove_stale_temporaries(cfg.output, info.rank)
-    dict_checkpoint = load_checkpoint(cfg, info.rank, info.distributed)
+    dict_checkpoint = load_checkpoint(cfg, info.rank, info.distributed, info.world_size)
     resume_notes: list[str] = []
     if dict_checkpoint is not None:
         start_epoch = dict_checkpoint["epoch"]
@@ -215,18 +217,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """The command line (``python train_v2.py`` and ``arcface-train``): exit 0, 2 on bad input, 3 when stopped."""
-    try:
-        main(parse_args(argv))
-    except ArcFaceError as err:
-        for handler in logging.getLogger().handlers:  # keep the reason in training.log too
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(logging.makeLogRecord({"msg": f"error: {err}", "levelno": logging.ERROR}))
-        print(f"error: {err}", file=sys.stderr)
-        return 3 if isinstance(err, TrainingStopped) else 2
-    return 0
+def log_error_line(line: str) -> None:
+    """Keep the reason of a failed run in training.log too, not only on stderr."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.makeLogRecord({"msg": line, "levelno": logging.ERROR}))
 
+
+def cli(argv: list[str] | None = None) -> int:
+    """The command line (``python train_v2.py`` and ``arcface-train``); exit codes of utils.cli.run_tool."""
+    return run_tool(lambda: main(parse_args(argv)), on_error=log_error_line)
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -103,7 +103,7 @@ def test_seed_configs(name):
 def test_synthetic_configs_fit_their_data_set_and_verify_once_per_epoch(name):
     """On the seed table's data set: no data/config disagreement, "auto" counts, ~1 verification/epoch."""
     from utils.data_check import DataInfo, check_data_vs_config, resolve_auto
-    from utils.utils_train import set_step_counts
+    from training import set_step_counts
     identities, images = seed_table()[SYNTHETIC_CONFIGS[name]]
     cfg = load(f"{name}.py")
     info = DataInfo(images, identities, 0, identities - 1, "header", cfg.rec)

@@ -66,14 +66,8 @@ def test_a_head_change_on_resume_is_refused_and_old_checkpoints_still_load(tmp_p
     assert _checkpoint(tmp_path / "plain")["global_step"] == 8
 
 
-@pytest.fixture
-def no_demo_data(monkeypatch):
-    """Loading configs/demo_adaface.py must not generate the demo data set in work_dirs/."""
-    monkeypatch.setattr("utils.demo_data.make_demo_dataset", lambda *args, **kwargs: None)
-
-
 @pytest.mark.parametrize("name", ["dcface_adaface_irse50", "cemiface_adaface_irse50", "demo_adaface"])
-def test_recipes_load(name, no_demo_data):
+def test_recipes_load(name):
     cfg = get_config(str(REPO / "configs" / f"{name}.py"))
     assert cfg.margin == "adaface"
     if name != "demo_adaface":
@@ -83,7 +77,7 @@ def test_recipes_load(name, no_demo_data):
 
 
 @pytest.mark.slow
-def test_adaface_demo_learns(tmp_path, no_demo_data):
+def test_adaface_demo_learns(tmp_path):
     """A shortened configs/demo_adaface.py: verification accuracy rises well above chance, loss falls."""
     data = tmp_path / "data"
     make_demo_dataset(str(data), num_ids=40, images_per_id=16, num_val_ids=30, num_pairs=200, seed=3)

@@ -67,7 +67,7 @@ def test_image_folders_to_comparison_table(tmp_path):
                   "frequent=2", "verbose=4", "num_workers=0", "verification_batch_size=40"]
     refused = subprocess.run([sys.executable, *train_args], cwd=REPO, capture_output=True, text=True, timeout=300,
                              env=ENV)
-    assert refused.returncode == 2 and "agedb_30.bin" in refused.stderr and 'val_targets_missing="warn"' in \
+    assert refused.returncode == 4 and "agedb_30.bin" in refused.stderr and 'val_targets_missing="warn"' in \
         refused.stderr and not out.exists(), refused.stderr[-2000:]
     train = run(*train_args, "val_targets_missing=warn")
     log = (out / "training.log").read_text()

@@ -195,7 +195,8 @@ def _held_steps(output: str, rank: int, world_size: int) -> tuple[dict[int, str]
     return held, unreadable
 
 
-def load_checkpoint(cfg: Any, rank: int, distributed: bool = False) -> dict[str, Any] | None:
+def load_checkpoint(cfg: Any, rank: int, distributed: bool = False,
+                    world_size: int | None = None) -> dict[str, Any] | None:
     """The checkpoint to resume from, None to start fresh.
 
     ConfigError when it does not fit the config, CheckpointError when no checkpoint can be read.
@@ -208,7 +209,7 @@ def load_checkpoint(cfg: Any, rank: int, distributed: bool = False) -> dict[str,
     """
     if cfg.resume is False:
         return None
-    world = dist.get_world_size() if distributed else 1
+    world = world_size if world_size is not None else (dist.get_world_size() if distributed else 1)
     held, unreadable = _held_steps(cfg.output, rank, world)
     per_rank = [(sorted(held), unreadable)]
     elastic = latest_complete_set(cfg.output, prefer_world=world) if rank == 0 else None
