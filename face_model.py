@@ -16,11 +16,11 @@ import torch
 
 from backbones import check_network, get_model
 from utils.errors import ConfigError, DataError
-from utils.image import decode_rgb_chw, normalize
+from utils.image import FACE_SIZE, decode_rgb_chw, normalize
 from utils.run_config import resolve_model_args
 from utils.weights import WeightsError, WeightsMismatchError, describe_mismatch, key_differences, read_backbone_state
 
-INPUT_SIZE = 112
+INPUT_SIZE = FACE_SIZE
 DEFAULT_NUM_FEATURES = 512
 ONNX_SUFFIX = ".onnx"
 # an ONNX file is a protobuf ModelProto whose first field is ir_version (tag byte 0x08); torch.save
@@ -38,7 +38,7 @@ class LoadedModel(NamedTuple):
     path: Path
 
 
-def pick_device(name: Optional[str] = None) -> torch.device:
+def tool_device(name: Optional[str] = None) -> torch.device:
     """``--device``, else cuda when available, else cpu."""
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -110,7 +110,7 @@ def load_model(weights: Optional[PathLike] = None, onnx: Optional[PathLike] = No
     """model.pt (network and size from the flags, else from the run's config.json beside it) or an ONNX model."""
     if network is not None:
         check_network(network)      # a typo in the flag is named before any file is opened
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = tool_device(device) if not isinstance(device, torch.device) else device
     if onnx:
         return LoadedModel(load_onnx(onnx, device), None, None, Path(onnx))
     if weights is None:

@@ -33,8 +33,9 @@ from utils import recordio
 from utils.data_check import SYNTHETIC, find_layout, scan_image_folder
 from utils.cli import model_parser, run_tool
 from utils.errors import DataError
+from utils.image import FACE_SIZE
 
-IMAGE_SIZE = 112
+IMAGE_SIZE = FACE_SIZE
 MAX_EXAMPLES = 20                     # duplicate groups / anomalies listed by name in the JSON
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}

@@ -32,11 +32,11 @@ import torch
 from eval.verification import l2_normalize
 from utils.cli import add_bool_argument, model_parser, run_tool
 from utils.errors import DataError
-from utils.image import normalize
+from utils.image import FACE_SIZE, normalize
 
 TARGETS = ("IJBC", "IJBB")
 FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-IMAGE_SIZE = 112
+IMAGE_SIZE = FACE_SIZE
 ROC_MAX_POINTS = 2000
 RANKS = (1, 5, 10)
 FPIR_TARGETS = (1e-2, 1e-1)
@@ -1030,8 +1030,8 @@ def _features(args: argparse.Namespace, release: Release) -> tuple[np.ndarray, l
     else:
         skip = missing_crops(release)
         check_bad_budget(list(np.flatnonzero(skip)), ["missing"] * int(skip.sum()), n, args.max_bad, release.names)
-        from face_model import load_model, pick_device
-        device = pick_device(args.device)
+        from face_model import load_model, tool_device
+        device = tool_device(args.device)
         loaded = load_model(args.model, args.onnx, args.network, args.num_features, device)
         backbone, args.network = loaded.backbone, loaded.network
         emb = embed_release(release, backbone, args.batch_size, args.workers, device, args.max_bad, skip,
