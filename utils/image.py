@@ -8,13 +8,6 @@ import cv2
 import numpy as np
 import torch
 
-with warnings.catch_warnings():
-    # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they stay the fastest here.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from torchvision.io import ImageReadMode, decode_image
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
-
 from utils.errors import DataError
 
 # OpenCV's thread pool spins while it waits; next to DataLoader workers and torch's own threads it
@@ -27,14 +20,30 @@ class ImageDecodeError(DataError):
     """An encoded image could not be decoded."""
 
 
+def _torchvision_decoder():
+    """torchvision's decode_image and its RGB mode, imported on first use.
+
+    Why lazily: importing torchvision pulls in torch._dynamo (~2 s per process); the training and
+    most tools never decode through it, and every command-line start paid for it.
+    """
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they stay the fastest here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_image
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+    return decode_image, ImageReadMode.RGB
+
+
 def decode_rgb_chw(buf: bytes | bytearray | memoryview | np.ndarray) -> torch.Tensor:
     """Decode JPEG/PNG bytes to a uint8 RGB tensor shaped (3, H, W)."""
     data = torch.frombuffer(bytearray(buf), dtype=torch.uint8) if not isinstance(buf, np.ndarray) \
         else torch.from_numpy(np.ascontiguousarray(buf, dtype=np.uint8))
     if data.numel() == 0:
         raise ImageDecodeError("empty image payload")
+    decode_image, rgb = _torchvision_decoder()
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
+        return decode_image(data, mode=rgb)
     except RuntimeError as err:
         raise ImageDecodeError(f"cannot decode image ({data.numel()} bytes): {err}") from None
 
