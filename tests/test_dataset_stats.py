@@ -260,13 +260,17 @@ def stats_by_hand(classes: dict[str, np.ndarray], threshold: float) -> dict:
     return out
 
 
-def test_cli_with_a_model_matches_hand_computed_statistics(pattern_set, tmp_path, capsys):
+def test_cli_with_a_model_matches_hand_computed_statistics(pattern_set, tmp_path, capsys, monkeypatch):
     """python -m eval.dataset_stats --onnx ... --data-dir: duplicates, twin, mislabelled image and every
     per-identity number as computed by hand."""
+    import face_model
     root, onnx, bins, classes, test = pattern_set
     out = tmp_path / "out"
+    kept = []                # the tool keeps freed memory for the CPU model's passes (recorded, not applied here)
+    monkeypatch.setattr(face_model, "reuse_freed_cpu_memory", lambda model: kept.append(model) or False)
     assert S.main([str(root), "--onnx", str(onnx), "--data-dir", str(bins), "--targets", "demo_val",
                    "--workers", "0", "--out", str(out), "--no-progress"]) == 0
+    assert len(kept) == 1 and isinstance(kept[0], face_model.OnnxBackbone)
     printed = capsys.readouterr().out
     stats = json.loads((out / "planted" / "stats.json").read_text())
     dup = stats["duplicates"]

@@ -135,12 +135,16 @@ def expected_by_hand(world: PatternWorld, names: list[str]) -> dict:
             "identities": sorted({names[r] for r in row[matched]})}
 
 
-def test_cli_finds_injected_identities_in_a_pattern_world(pattern_world, tmp_path, capsys):
+def test_cli_finds_injected_identities_in_a_pattern_world(pattern_world, tmp_path, capsys, monkeypatch):
     """python -m eval.leakage end to end (image folders, .bin, ONNX model, calibration, JSON/Markdown/PNG),
     every reported number against the same numbers computed by hand from the pixels."""
+    import face_model
     from eval.verification import evaluate_folds
     world = pattern_world
+    kept = []                # the tool keeps freed memory for the CPU model's passes (recorded, not applied here)
+    monkeypatch.setattr(face_model, "reuse_freed_cpu_memory", lambda model: kept.append(model) or False)
     assert L.main(world.args("injected", str(tmp_path / "inj"))) == 0
+    assert len(kept) == 1 and isinstance(kept[0], face_model.OnnxBackbone)
     printed = capsys.readouterr().out
     r = json.loads((tmp_path / "inj" / "leakage.json").read_text())["targets"]["demo_val"]
     hand = expected_by_hand(world, sorted(world.classes))
