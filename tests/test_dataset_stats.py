@@ -314,10 +314,10 @@ def test_cli_with_a_model_matches_hand_computed_statistics(pattern_set, tmp_path
 
 
 @pytest.mark.slow
-def test_cli_with_the_demo_model_on_demo_data(tmp_path_factory, tmp_path, capsys):
+def test_cli_with_the_demo_model_on_demo_data(demo_world, tmp_path, capsys):
     """python -m eval.dataset_stats --model on demo faces with the session's demo model: an identity made of
     byte copies of id005's images has id005's centroid (separability 1) whatever the weights."""
-    world = W.demo_world(tmp_path_factory.getbasetemp())
+    world = demo_world
     out = tmp_path / "out"
     assert S.main([str(world.planted), *world.model_args(), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -334,7 +334,9 @@ def test_cli_with_the_demo_model_on_demo_data(tmp_path_factory, tmp_path, capsys
     assert per["separability"][a] > 0.9999 and per["separability"][b] > 0.9999
     assert per["consistency"][a] == pytest.approx(per["consistency"][b], abs=1e-6)
     assert per["diversity"][a] == pytest.approx(per["diversity"][b], abs=1e-6)
-    assert "| planted | 41 | 328 | 8 / 8 / 8 | 0 | 8 | 0 / 0 |" in printed
+    n = W.DEMO_TRAIN_IMAGES
+    assert f"| planted | {W.DEMO_TRAIN_IDS + 1} | {(W.DEMO_TRAIN_IDS + 1) * n} | {n} / {n} / {n} | 0 | {n} | 0 / 0 |" \
+        in printed
     for png in ("histograms.png", "outliers.png", "twins.png"):
         assert (out / "planted" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rest = [s for i, s in enumerate(per["separability"]) if i not in (a, b)]

@@ -193,12 +193,12 @@ def test_cli_finds_injected_identities_in_a_pattern_world(pattern_world, tmp_pat
 
 
 @pytest.mark.slow
-def test_cli_finds_copied_test_images_on_demo_data(tmp_path_factory, tmp_path, capsys):
+def test_cli_finds_copied_test_images_on_demo_data(demo_world, tmp_path, capsys):
     """python -m eval.leakage with the session's demo model on demo faces: the test images copied into the
     training set (each as a one-image class) are the strongest matches, whatever the briefly trained
     weights: a copy's embedding is the original's (cosine 1); every other score is the cosine of two
     different images (the weak model's highest: ~0.98)."""
-    world = W.demo_world(tmp_path_factory.getbasetemp())
+    world = demo_world
     assert L.main(world.leakage_args(world.injected, "--threshold", "0.999", "--out", str(tmp_path / "inj"))) == 0
     assert "[demo_val] threshold 0.9990 (given of " in capsys.readouterr().out
     r = json.loads((tmp_path / "inj" / "leakage.json").read_text())["targets"]["demo_val"]
