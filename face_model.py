@@ -217,6 +217,22 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def reuse_freed_cpu_memory(model: torch.nn.Module) -> bool:
+    """For a tool's own process: when ``model`` runs on the CPU, let glibc keep freed memory for reuse.
+
+    An embedding pass allocates the same large activations for every batch (mbf_tiny, batch 256:
+    hundreds of MB each, above glibc's mmap threshold), and by default each is a fresh mapping
+    page-faulted in and unmapped again: ``python -m eval.dataset_stats`` spent more system than user
+    time. The training does the same for the same reason (``keep_freed_cpu_memory``); it is a
+    process-wide setting, so tools call this, library callers decide for themselves. Returns whether
+    it was applied (False on a GPU, or without glibc).
+    """
+    if module_device(model).type != "cpu":
+        return False
+    from utils.utils_distributed import keep_freed_cpu_memory
+    return keep_freed_cpu_memory()
+
+
 def embed_images(model: torch.nn.Module, images: Union[torch.Tensor, Sequence[torch.Tensor]], batch_size: int = 64,
                  progress: bool = False, desc: Optional[str] = None) -> np.ndarray:
     """Raw (not L2-normalised) float32 embeddings (N, D) of uint8 (or 0..255 float) RGB images (N, 3, 112, 112).

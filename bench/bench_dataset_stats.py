@@ -2,13 +2,16 @@
 
     python bench/bench_dataset_stats.py            # 100 K images / 2 K identities, 10 K centroids; appends to RESULTS.md
     python bench/bench_dataset_stats.py --quick    # smoke run (small sizes, results file untouched)
+    python bench/bench_dataset_stats.py --many 200000,2000000   # also 2 M centroids (3.8 GiB of keys, ~1 min)
 
 Parts, each against a baseline timed in the same run:
 - the pass over a RecordIO (read, content hash, image header) vs reading the records alone;
 - the per-identity statistics (consistency, diversity, separability, leave-one-out cosines) on
   random unit embeddings vs a per-identity loop with explicit pairwise matrices;
 - the blocked nearest-centroid search vs one full similarity matrix (same answers), with the
-  peak memory of each (tracemalloc), and a search against many more centroids than fit in one block.
+  peak memory of each (tracemalloc), and searches of 2,000 test images against many more centroids
+  than fit in one block (``--many``; each checked against one full matrix for 50 of the images), with
+  the search's traced peak and the process's peak resident set (the keys are made in float32 chunks).
 """
 from __future__ import annotations
 
@@ -119,7 +122,38 @@ def bench_measures(images: int, identities: int) -> list[list]:
             ["`identity_measures` + `own_mean_cosines`", f"{vec_s * per:.2f}", f"{loop_s / vec_s:.1f}x faster"]]
 
 
-def bench_nearest(identities: int, big: int) -> list[list]:
+def random_unit_rows(n: int, dim: int, rng: np.random.Generator, chunk: int = 1 << 16) -> np.ndarray:
+    """(n, dim) float32 random unit rows, made chunk by chunk (2 M x 512 keys: 4 GB, no float64 copy)."""
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, chunk):
+        block = rng.standard_normal((min(chunk, n - start), dim), dtype=np.float32)
+        out[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set so far (ru_maxrss, KiB on Linux)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_many(queries: np.ndarray, big: int, rng: np.random.Generator, check: int = 50) -> list:
+    """One row: the queries against ``big`` random centroids (time, traced peak of the search, process peak
+    RSS), the first ``check`` queries' answers against one full similarity matrix of theirs."""
+    many = random_unit_rows(big, queries.shape[1], rng)
+    many_s, many_mb = peak_memory(S.nearest, queries, many)
+    sims, idx = S.nearest(queries[:check], many)
+    full = queries[:check] @ many.T
+    assert np.array_equal(idx, full.argmax(1)) and np.allclose(sims, full.max(1), atol=1e-6)
+    del full
+    rss = peak_rss_mib()
+    keys_mb = many.nbytes / 2 ** 20
+    del many
+    return [f"{len(queries):,} test images x {big:,} centroids, `nearest`", f"{many_s:.2f}",
+            f"{many_mb:,.0f} (the keys: {keys_mb:,.0f}; process peak RSS {rss:,.0f})", "-"]
+
+
+def bench_nearest(identities: int, many: list[int]) -> list[list]:
     rng = np.random.default_rng(2)
     cents = S.unit_rows(rng.normal(size=(identities, 512)))
     exclude = np.arange(identities)
@@ -132,15 +166,13 @@ def bench_nearest(identities: int, big: int) -> list[list]:
     full_s, full_mb = peak_memory(full)
     block_s, block_mb = peak_memory(S.nearest, cents, cents, exclude)
     assert np.array_equal(full(), S.nearest(cents, cents, exclude)[1])
-    queries = S.unit_rows(rng.normal(size=(2_000, 512)))
-    many = S.unit_rows(rng.normal(size=(big, 512)))
-    many_s, many_mb = peak_memory(S.nearest, queries, many)
-    return [[f"{identities:,} x {identities:,} centroids, one full matrix (baseline)", f"{full_s:.2f}",
+    del cents
+    queries = random_unit_rows(2_000, 512, rng)
+    rows = [[f"{identities:,} x {identities:,} centroids, one full matrix (baseline)", f"{full_s:.2f}",
              f"{full_mb:,.0f}", "1.00"],
             [f"{identities:,} x {identities:,} centroids, `nearest` (blocks)", f"{block_s:.2f}", f"{block_mb:,.0f}",
-             f"{full_s / block_s:.2f}"],
-            [f"2,000 test images x {big:,} centroids, `nearest`", f"{many_s:.2f}",
-             f"{many_mb:,.0f} (the keys: {many.nbytes / 2 ** 20:,.0f})", "-"]]
+             f"{full_s / block_s:.2f}"]]
+    return rows + [bench_many(queries, big, rng) for big in many]
 
 
 def main() -> int:
@@ -148,14 +180,17 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--identities", type=int, default=2_000)
     parser.add_argument("--centroids", type=int, default=10_000)
-    parser.add_argument("--many", type=int, default=200_000, help="centroids of the many-keys search")
+    parser.add_argument("--many", default="200000",
+                        help="comma-separated centroid counts of the many-keys search (2,000 test images against "
+                             "each; 2000000 x 512 float32 keys take 3.8 GiB)")
     parser.add_argument("--quick", action="store_true", help="small sizes; results file untouched")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.identities, args.centroids, args.many = 2_000, 100, 500, 20_000
+        args.images, args.identities, args.centroids, args.many = 2_000, 100, 500, "20000"
+    many = [int(x) for x in args.many.replace("_", "").split(",") if x.strip()]
     scan_rows = bench_scan(args.images, args.identities)
     measure_rows = bench_measures(args.images, args.identities)
-    nearest_rows = bench_nearest(args.centroids, args.many)
+    nearest_rows = bench_nearest(args.centroids, many)
     body = (header_lines() + f"- data: {args.images:,} demo-face JPEG records ({args.identities:,} identities), "
             "512-d random unit embeddings for the model-side statistics\n\n"
             + markdown_table(["step", "s per 100K images", "ratio to baseline"], scan_rows + measure_rows)

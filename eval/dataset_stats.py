@@ -705,8 +705,9 @@ def _model_options(args: argparse.Namespace) -> ModelOptions | None:
     bins = ()
     if args.data_dir and args.threshold is None:
         bins = list(find_bins(args.data_dir, [t.strip() for t in args.targets.split(",") if t.strip()]).values())
-    from face_model import load_model
+    from face_model import load_model, reuse_freed_cpu_memory
     backbone = load_model(args.model, args.onnx, args.network, args.num_features, args.device).backbone
+    reuse_freed_cpu_memory(backbone)         # the embedding pass's activations: reused, not page-faulted
     return ModelOptions(backbone, args.per_class, args.threshold, bins, args.batch_size, args.workers)
 
 

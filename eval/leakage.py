@@ -206,9 +206,10 @@ def run(args: argparse.Namespace) -> dict:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bins = find_bins(args.data_dir, targets)
     data = TrainingSet(args.train)
-    from face_model import load_model
+    from face_model import load_model, reuse_freed_cpu_memory
     loaded = load_model(args.model, args.onnx, args.network, args.num_features, args.device)
     backbone, args.network = loaded.backbone, loaded.network
+    reuse_freed_cpu_memory(backbone)         # the embedding passes' activations: reused, not page-faulted
     progress = not args.no_progress
     gallery = build_gallery(data, backbone, args.per_class, args.batch_size, args.workers, progress)
     results, cases = {}, []

@@ -37,6 +37,22 @@ def mxnet_python() -> Path:
     return MXNET_PYTHON
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The session's one short demo training run (tests/demo_model.py): trained by the first test that asks,
+    reused by every other (test_train's learning test, the integrity tools' demo-model tests)."""
+    from tests.demo_model import train_demo
+    return train_demo(tmp_path_factory.mktemp("demo_run"))
+
+
+@pytest.fixture(scope="session")
+def demo_world(demo_run, tmp_path_factory):
+    """Image-folder variants of the demo run's training data with planted copies (tests/integrity_worlds.py)."""
+    from tests.integrity_worlds import demo_world as build
+    demo_run.check()
+    return build(demo_run, tmp_path_factory.mktemp("integrity_demo_world"))
+
+
 @pytest.fixture(autouse=True)
 def _return_freed_memory():
     """After each test, hand freed heap back to the OS: the suite runs in one process, and later tests

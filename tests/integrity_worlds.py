@@ -9,11 +9,12 @@ Two kinds of world:
   Identities are orthonormal patterns (mirror-symmetric, so the fusion keeps them), images add
   block noise: genuine pairs have cosine ~0.8, different identities ~0 +- 0.07. The expected
   numbers of a test are computed from the pixel arrays with numpy here, not by the tools' code.
-- **Demo world** (a short real training run, shared by the test modules of one session): demo
-  faces (utils/demo_data.py), a demo model trained on them by train_v2, a verification .bin of
-  held-out identities, and variants with exact copies planted. The briefly trained model is
-  weak and its numbers depend on float rounding, so tests on it assert only what exact copies
-  decide (a copy's embedding equals the original's whatever the weights).
+- **Demo world** (the session's one short demo training run, tests/demo_model.py, also read by
+  test_train's learning test): demo faces (utils/demo_data.py), the demo model train_v2 trained on
+  them, the verification .bin of held-out identities, and image-folder variants with exact copies
+  planted. The briefly trained model is weak and its numbers depend on float rounding, so tests
+  on it assert only what exact copies decide (a copy's embedding equals the original's whatever
+  the weights).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from tests import demo_model as DM
 
 GRID, BLOCK = 8, 14                    # 8 x 8 blocks of 14 x 14 pixels = 112 x 112
 PATTERN_SD = 30.0                      # pixel sd of an identity's pattern around grey
@@ -142,20 +145,20 @@ class PatternTest:
 
 
 # ----------------------------------------------------------------------------------------------
-# demo world (trained once per session)
+# demo world (the session's demo run, tests/demo_model.py)
 # ----------------------------------------------------------------------------------------------
 
-DEMO_TRAIN_IDS, DEMO_TRAIN_IMAGES = 40, 8
-DEMO_VAL_IDS, DEMO_VAL_PAIRS = 30, 100
-DEMO_EMBEDDING = 64
+DEMO_TRAIN_IDS, DEMO_TRAIN_IMAGES = DM.TRAIN_IDS, DM.TRAIN_IMAGES
+DEMO_VAL_PAIRS = DM.VAL_PAIRS
+DEMO_EMBEDDING = DM.EMBEDDING
 DEMO_COPIES = 4                   # test images copied, each as a one-image class zz_copy<k>, into `injected`
 
 
 @dataclass
 class DemoWorld:
-    """Demo faces, a demo model trained on `clean`, the verification .bin, and variants with planted copies."""
+    """The demo run's training images as an image folder, its model and .bin, and variants with planted copies."""
     root: Path
-    clean: Path
+    clean: Path                   # the demo run's training images, one folder id<label> per identity
     injected: Path                # clean + zz_copy<k>: exact copies of test images copied[k]
     planted: Path                 # clean + id005_copy (byte copies of id005's images)
     bins: Path
@@ -163,7 +166,7 @@ class DemoWorld:
     copied: list[int]             # the test image index behind zz_copy<k>
 
     def model_args(self) -> list[str]:
-        return ["--model", str(self.model), "--network", "mbf_tiny", "--num-features", str(DEMO_EMBEDDING),
+        return ["--model", str(self.model), "--network", DM.NETWORK, "--num-features", str(DEMO_EMBEDDING),
                 "--workers", "0", "--no-progress"]
 
     def leakage_args(self, train: Path, *extra: str) -> list[str]:
@@ -177,50 +180,26 @@ def _demo_folder(folder: Path, images: list[bytes], prefix: str = "") -> None:
         (folder / f"{prefix}{j:02d}.jpg").write_bytes(data)
 
 
-def _build_demo(root: Path) -> DemoWorld:
-    from utils.demo_data import _encode_jpeg, random_identity, render
-    rng = np.random.default_rng(5)
-    train_ids = [random_identity(rng) for _ in range(DEMO_TRAIN_IDS)]
-    val_ids = [random_identity(rng) for _ in range(DEMO_VAL_IDS)]
+def demo_world(run: DM.DemoRun, root: Path) -> DemoWorld:
+    """The variants of the demo run's data (the record bytes written out as files: the same images the model
+    trained on); the first image of the first DEMO_COPIES pairs is copied into `injected`."""
+    from eval.dataset_stats import TrainingSet
+    records = TrainingSet(run.data)
+    by_label: dict[int, list[bytes]] = {}
+    for i in range(len(records)):
+        payload, label = records.read(i)
+        by_label.setdefault(label, []).append(payload)
     clean = root / "clean"
-    for i, ident in enumerate(train_ids):
-        _demo_folder(clean / f"id{i:03d}", [_encode_jpeg(render(ident, rng)) for _ in range(DEMO_TRAIN_IMAGES)])
-    who = pairs_of(DEMO_VAL_IDS, DEMO_VAL_PAIRS, rng).ravel()
-    images = [_encode_jpeg(render(val_ids[k], rng)) for k in who]
-    bins = write_bin(root / "bins" / "demo_val.bin", images, (who[0::2] == who[1::2]).tolist()).parent
-    # copies of the first image of DEMO_COPIES distinct held-out identities
-    copied = [int(np.flatnonzero(who == k)[0]) for k in np.unique(who)[:DEMO_COPIES]]
+    for label, images in sorted(by_label.items()):
+        _demo_folder(clean / f"id{label:03d}", images)
+    with open(run.data / "demo_val.bin", "rb") as f:
+        images, _ = pickle.load(f)
+    copied = [2 * k for k in range(DEMO_COPIES)]
     injected = root / "injected"
     shutil.copytree(clean, injected)
     for k, index in enumerate(copied):
-        _demo_folder(injected / f"zz_copy{k}", [images[index]])
+        _demo_folder(injected / f"zz_copy{k}", [bytes(images[index])])
     planted = root / "planted"
     shutil.copytree(clean, planted)
     shutil.copytree(clean / "id005", planted / "id005_copy")
-    model = _train_demo(root, clean)
-    return DemoWorld(root, clean, injected, planted, bins, model, copied)
-
-
-def _train_demo(root: Path, data: Path) -> Path:
-    """A short demo training run (in this process) on ``data``; returns its model.pt."""
-    from tests.test_train import run_main, write_config
-    config = write_config(root / "demo.py", data, root / "out", embedding_size=DEMO_EMBEDDING, batch_size=32,
-                          num_epoch=3, warmup_epoch=1, frequent=5, verbose=10 ** 6, val_targets=[],
-                          save_all_states=False, tensorboard=False)
-    run_main(config)
-    return root / "out" / "model.pt"
-
-
-def demo_world(base: Path) -> DemoWorld:
-    """The session's demo world: built (and trained) by the first test that asks, reused by the others."""
-    root = base / "integrity_demo_world"
-    done = root / "world.pkl"
-    if done.is_file():
-        with open(done, "rb") as f:
-            return pickle.load(f)
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    world = _build_demo(root)
-    with open(done, "wb") as f:
-        pickle.dump(world, f)
-    return world
+    return DemoWorld(root, clean, injected, planted, run.data, run.model, copied)

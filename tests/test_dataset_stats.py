@@ -260,13 +260,17 @@ def stats_by_hand(classes: dict[str, np.ndarray], threshold: float) -> dict:
     return out
 
 
-def test_cli_with_a_model_matches_hand_computed_statistics(pattern_set, tmp_path, capsys):
+def test_cli_with_a_model_matches_hand_computed_statistics(pattern_set, tmp_path, capsys, monkeypatch):
     """python -m eval.dataset_stats --onnx ... --data-dir: duplicates, twin, mislabelled image and every
     per-identity number as computed by hand."""
+    import face_model
     root, onnx, bins, classes, test = pattern_set
     out = tmp_path / "out"
+    kept = []                # the tool keeps freed memory for the CPU model's passes (recorded, not applied here)
+    monkeypatch.setattr(face_model, "reuse_freed_cpu_memory", lambda model: kept.append(model) or False)
     assert S.main([str(root), "--onnx", str(onnx), "--data-dir", str(bins), "--targets", "demo_val",
                    "--workers", "0", "--out", str(out), "--no-progress"]) == 0
+    assert len(kept) == 1 and isinstance(kept[0], face_model.OnnxBackbone)
     printed = capsys.readouterr().out
     stats = json.loads((out / "planted" / "stats.json").read_text())
     dup = stats["duplicates"]
@@ -310,10 +314,10 @@ def test_cli_with_a_model_matches_hand_computed_statistics(pattern_set, tmp_path
 
 
 @pytest.mark.slow
-def test_cli_with_the_demo_model_on_demo_data(tmp_path_factory, tmp_path, capsys):
+def test_cli_with_the_demo_model_on_demo_data(demo_world, tmp_path, capsys):
     """python -m eval.dataset_stats --model on demo faces with the session's demo model: an identity made of
     byte copies of id005's images has id005's centroid (separability 1) whatever the weights."""
-    world = W.demo_world(tmp_path_factory.getbasetemp())
+    world = demo_world
     out = tmp_path / "out"
     assert S.main([str(world.planted), *world.model_args(), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -330,7 +334,9 @@ def test_cli_with_the_demo_model_on_demo_data(tmp_path_factory, tmp_path, capsys
     assert per["separability"][a] > 0.9999 and per["separability"][b] > 0.9999
     assert per["consistency"][a] == pytest.approx(per["consistency"][b], abs=1e-6)
     assert per["diversity"][a] == pytest.approx(per["diversity"][b], abs=1e-6)
-    assert "| planted | 41 | 328 | 8 / 8 / 8 | 0 | 8 | 0 / 0 |" in printed
+    n = W.DEMO_TRAIN_IMAGES
+    assert f"| planted | {W.DEMO_TRAIN_IDS + 1} | {(W.DEMO_TRAIN_IDS + 1) * n} | {n} / {n} / {n} | 0 | {n} | 0 / 0 |" \
+        in printed
     for png in ("histograms.png", "outliers.png", "twins.png"):
         assert (out / "planted" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rest = [s for i, s in enumerate(per["separability"]) if i not in (a, b)]

@@ -148,3 +148,16 @@ def test_onnx_with_wrong_input_shape_refused(tmp_path):
         check_onnx_model(str(path))
     with pytest.raises(WeightsError, match="input 'x' is Nx3x224x224"):
         load_onnx(path)                             # checked before onnxruntime opens it
+
+
+def test_tools_keep_freed_memory_only_for_a_cpu_model(monkeypatch):
+    """reuse_freed_cpu_memory asks glibc to keep freed memory (keep_freed_cpu_memory) for a model on the CPU
+    and leaves the allocator alone for one elsewhere (the setting itself: test_train's page-fault test)."""
+    import face_model
+    import utils.utils_distributed as ud
+    calls = []
+    monkeypatch.setattr(ud, "keep_freed_cpu_memory", lambda: calls.append("kept") or True)
+    assert face_model.reuse_freed_cpu_memory(torch.nn.Linear(2, 2)) is True and calls == ["kept"]
+    assert face_model.reuse_freed_cpu_memory(torch.nn.Linear(2, 2, device="meta")) is False and calls == ["kept"]
+    monkeypatch.setattr(ud, "keep_freed_cpu_memory", lambda: False)            # no glibc: nothing applied
+    assert face_model.reuse_freed_cpu_memory(torch.nn.Linear(2, 2)) is False

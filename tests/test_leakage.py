@@ -135,12 +135,16 @@ def expected_by_hand(world: PatternWorld, names: list[str]) -> dict:
             "identities": sorted({names[r] for r in row[matched]})}
 
 
-def test_cli_finds_injected_identities_in_a_pattern_world(pattern_world, tmp_path, capsys):
+def test_cli_finds_injected_identities_in_a_pattern_world(pattern_world, tmp_path, capsys, monkeypatch):
     """python -m eval.leakage end to end (image folders, .bin, ONNX model, calibration, JSON/Markdown/PNG),
     every reported number against the same numbers computed by hand from the pixels."""
+    import face_model
     from eval.verification import evaluate_folds
     world = pattern_world
+    kept = []                # the tool keeps freed memory for the CPU model's passes (recorded, not applied here)
+    monkeypatch.setattr(face_model, "reuse_freed_cpu_memory", lambda model: kept.append(model) or False)
     assert L.main(world.args("injected", str(tmp_path / "inj"))) == 0
+    assert len(kept) == 1 and isinstance(kept[0], face_model.OnnxBackbone)
     printed = capsys.readouterr().out
     r = json.loads((tmp_path / "inj" / "leakage.json").read_text())["targets"]["demo_val"]
     hand = expected_by_hand(world, sorted(world.classes))
@@ -188,13 +192,18 @@ def test_cli_finds_injected_identities_in_a_pattern_world(pattern_world, tmp_pat
           f"threshold {hand['threshold']:.3f}, highest score against a clean identity {clean['best'].max():.3f}")
 
 
+# New renders of held-out identities are found in the pattern world and the face-like embeddings above, not
+# with the session's demo model: measured on it (16 new renders per injected identity, 8 identities), their
+# test images score 0.10-0.80 (median 0.60; 48 renders: the same) against their own identity while the other held-out identities'
+# test images reach 0.79 against some training identity, and the calibrated threshold is 1 (different-identity
+# cosines mean 0.07, sd 0.29): no threshold finds more than 3 of 8 with <= 2 false identities (README).
 @pytest.mark.slow
-def test_cli_finds_copied_test_images_on_demo_data(tmp_path_factory, tmp_path, capsys):
+def test_cli_finds_copied_test_images_on_demo_data(demo_world, tmp_path, capsys):
     """python -m eval.leakage with the session's demo model on demo faces: the test images copied into the
     training set (each as a one-image class) are the strongest matches, whatever the briefly trained
     weights: a copy's embedding is the original's (cosine 1); every other score is the cosine of two
-    different images (the weak model's highest: ~0.98)."""
-    world = W.demo_world(tmp_path_factory.getbasetemp())
+    different images (this weak model's highest: ~0.92)."""
+    world = demo_world
     assert L.main(world.leakage_args(world.injected, "--threshold", "0.999", "--out", str(tmp_path / "inj"))) == 0
     assert "[demo_val] threshold 0.9990 (given of " in capsys.readouterr().out
     r = json.loads((tmp_path / "inj" / "leakage.json").read_text())["targets"]["demo_val"]
