@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.demo_model import assert_learned
 
 import train_v2
 from backbones import get_model
@@ -18,8 +19,6 @@ from utils import checkpoint as checkpoint_module
 from utils.demo_data import make_demo_dataset
 from utils.errors import ConfigError
 
-ACC_RE = re.compile(r"\[demo_val\]\[(\d+)\]Accuracy-Flip: ([0-9.]+)")
-LOSS_RE = re.compile(r"Loss ([0-9.]+)\s+LearningRate")
 
 
 def write_config(path: Path, rec: Path, output: Path, **overrides) -> Path:
@@ -166,16 +165,10 @@ def test_torchrun_two_processes_on_cpu(tmp_path, tiny_data):
 @pytest.mark.slow
 def test_demo_training_learns(demo_run):
     """A shortened demo (the session's one demo run, tests/demo_model.py: `python train_v2.py` in a fresh
-    interpreter, its model reused by other tests): verification accuracy on held-out identities rises well
-    above chance, loss falls."""
+    interpreter, its model reused by other tests): verification accuracy on new renders of the training
+    identities and on held-out identities rises above the untrained network's, loss falls."""
     assert demo_run.returncode == 0, demo_run.stderr[-3000:]
-    log = demo_run.log.read_text()
-    accs = [float(a) for _, a in ACC_RE.findall(log)]
-    losses = [float(x) for x in LOSS_RE.findall(log)]
-    assert len(accs) >= 3 and len(losses) >= 4, log[-2000:]
-    assert max(accs) >= 0.75, accs
-    assert max(accs) - accs[0] >= 0.1, accs
-    assert min(losses[-2:]) < losses[0] - 3.0, losses
+    assert_learned(demo_run.log.read_text(), demo_run.data)
 
 
 def test_non_finite_loss_stops_with_step_and_learning_rate(tmp_path, tiny_data):
