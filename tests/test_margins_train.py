@@ -13,7 +13,6 @@ import train_v2
 from tests import demo_model
 from tests.conftest import REPO
 from tests.test_train import assert_same_weights, run_main, stop_at_step, tiny_data, write_config  # noqa: F401
-from utils.demo_data import make_demo_dataset
 from utils.errors import ConfigError
 from utils.utils_config import get_config
 
@@ -78,16 +77,14 @@ def test_recipes_load(name):
 
 
 @pytest.mark.slow
-def test_adaface_demo_learns(tmp_path):
-    """A shortened configs/demo_adaface.py: accuracy on new renders of the training identities and on
-    held-out identities rises above the untrained network's (tests/demo_model.py), loss falls."""
-    data = tmp_path / "data"
-    make_demo_dataset(str(data), num_ids=demo_model.TRAIN_IDS, images_per_id=demo_model.TRAIN_IMAGES,
-                      num_val_ids=demo_model.VAL_IDS, num_pairs=demo_model.VAL_PAIRS, seed=demo_model.SEED)
-    demo_model.write_seen_bin(data)
+def test_adaface_demo_learns(tmp_path, demo_run):
+    """A shortened configs/demo_adaface.py on the session demo run's data: accuracy on new renders of the
+    training identities and on held-out identities rises above the untrained network's
+    (tests/demo_model.py), loss falls."""
+    data = demo_run.data                 # the same generated faces as the ArcFace demo run
     demo = get_config(str(REPO / "configs" / "demo_adaface.py"))
     config = write_config(tmp_path / "demo.py", data, tmp_path / "out", embedding_size=demo_model.EMBEDDING,
-                          batch_size=32, num_epoch=5, warmup_epoch=1, frequent=5, verbose=20, lr=demo.lr,
+                          batch_size=32, num_epoch=5, warmup_epoch=1, frequent=5, verbose=33, lr=demo.lr,
                           margin=demo.margin, margin_params=dict(demo.margin_params), num_workers=2,
                           val_targets=["demo_val", "demo_seen"])
     result = subprocess.run([sys.executable, "train_v2.py", str(config)], cwd=REPO, capture_output=True,
