@@ -9,12 +9,13 @@ demo_seen.bin (200 pairs of new renders of the 40 training identities) logged ev
 Why two sets: an untrained mbf_tiny already scores 0.55-0.62 on demo_val, and a CPU-length run only
 adds 0.07-0.2 there (it depends on the thread count's numerics), so held-out accuracy alone is a weak
 witness of learning. New images of the trained identities rise from ~0.53 to 0.70-0.89 in the same
-runs: the learning tests compare both with the untrained network on the same pairs. It runs ``python train_v2.py`` in a fresh interpreter, as the README runs it (no
-state left by other tests), once per test session (~1 min on 2 CPU cores).
+runs: the learning tests compare both with the untrained network on the same pairs.
+
+It runs ``python train_v2.py`` in a fresh interpreter, as the README runs it (no state left by other
+tests), once per test session (~2 min on 2 CPU cores).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import subprocess
@@ -50,28 +51,27 @@ def write_seen_bin(data: Path, num_ids: int = TRAIN_IDS, seed: int = SEED, pairs
     return path
 
 
+_BASELINES: dict[tuple, float] = {}     # the learning tests share their data: each baseline once
+
+
 def untrained_accuracy(bin_path: Path, network: str = NETWORK, embedding: int = EMBEDDING,
                        seeds=(0, 1, 2)) -> float:
     """Mean flip-test accuracy of freshly initialised networks on ``bin_path`` (the learning baseline)."""
-    digest = hashlib.sha1(Path(bin_path).read_bytes()).hexdigest()
-    return _untrained_accuracy(str(bin_path), digest, network, embedding, tuple(seeds))
+    key = (hashlib.sha1(Path(bin_path).read_bytes()).hexdigest(), network, embedding, tuple(seeds))
+    if key not in _BASELINES:
+        import torch
 
-
-@functools.lru_cache(maxsize=None)
-def _untrained_accuracy(bin_path: str, digest: str, network: str, embedding: int, seeds: tuple) -> float:
-    # keyed on the file's content: the learning tests share their data, so each baseline is computed once
-    import torch
-
-    from backbones import get_model
-    from eval.verification import load_bin, test
-    data = load_bin(bin_path)
-    scores = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        # batch 20: its activations stay below glibc's mmap threshold (batch 100 page-faults them in
-        # afresh every layer in this process: 14 s instead of 5.5 s per set)
-        scores.append(test(data, get_model(network, num_features=embedding).eval(), 20)[2])
-    return float(np.mean(scores))
+        from backbones import get_model
+        from eval.verification import load_bin, test
+        data = load_bin(str(bin_path))
+        scores = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            # batch 20: its activations stay below glibc's mmap threshold (batch 100 page-faults them
+            # in afresh every layer in this process: 14 s instead of 5.5 s per set)
+            scores.append(test(data, get_model(network, num_features=embedding).eval(), 20)[2])
+        _BASELINES[key] = float(np.mean(scores))
+    return _BASELINES[key]
 
 
 def assert_learned(log: str, data: Path, network: str = NETWORK, embedding: int = EMBEDDING) -> None:
@@ -85,6 +85,7 @@ def assert_learned(log: str, data: Path, network: str = NETWORK, embedding: int 
     assert max(seen) >= base_seen + 0.12, (base_seen, seen)
     assert max(held) >= base_held + 0.04, (base_held, held)
     assert min(losses[-2:]) < losses[0] - 3.0, losses
+
 
 @dataclass
 class DemoRun:
