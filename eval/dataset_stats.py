@@ -465,7 +465,7 @@ def identity_measures(e: Embedded) -> dict[str, np.ndarray]:
     means = (e.sums / n[:, None]).astype(np.float32)
     cross, twin_row = nearest(means, means, exclude=everyone)
     return {"consistency": norms / n, "diversity": 1.0 - pairwise, "separability": separability.astype(np.float64),
-            "nearest": nearest_row, "cross": cross.astype(np.float64), "twin": twin_row}
+            "nearest": nearest_row, "cross": np.minimum(cross, 1.0).astype(np.float64), "twin": twin_row}        # 1 + rounding is 1
 
 
 def own_mean_cosines(e: Embedded) -> np.ndarray:

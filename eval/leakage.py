@@ -118,6 +118,8 @@ def match_report(flip: np.ndarray, issame: np.ndarray, means: np.ndarray, names:
     impostors = pair_cosines(flip)[~issame]
     used = calibrated_threshold(impostors) if threshold is None else threshold
     sims, rows = nearest(flip, means)
+    # float32 products of unit vectors exceed 1 by rounding; a cosine never does: a threshold of 1 matches nothing
+    sims = np.minimum(sims, 1.0)
     matched = sims > used
     touched = matched[0::2] | matched[1::2]
     acc_all = _accuracy(flip, issame, np.ones_like(touched), nfolds)

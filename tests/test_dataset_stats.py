@@ -199,6 +199,10 @@ def test_twin_identity_and_mislabelled_image_in_face_like_embeddings():
     # a model whose different-identity cosines reach 1 (threshold 1) judges nothing: no image is flagged
     weak, _ = S.model_stats(_Names(), e, 1.0, "calibrated")
     assert weak["saturated"] and weak["num_outliers"] == 0 and weak["num_twins"] == 0
+    # ... nor a collapsed one whose rounded cosines exceed 1: no twins at threshold 1
+    same = np.repeat(S.unit_rows(np.random.default_rng(0).normal(size=(1, 64))).astype(np.float32), 24, 0)
+    collapsed, _ = S.model_stats(_Names(), _embedded(same, np.repeat(np.arange(4), 6)), 1.0, "calibrated")
+    assert collapsed["num_twins"] == 0 and collapsed["num_outliers"] == 0
 
 
 # the command line with a model: a tiny pattern set whose embeddings are known by hand, and the demo data

@@ -74,6 +74,19 @@ def test_injected_identities_are_found_in_face_like_embeddings():
     assert given["acc_untouched"] is None
 
 
+
+def test_a_collapsed_model_matches_nothing_at_threshold_one():
+    """Every image embedded the same (a collapsed model): the calibrated threshold saturates at 1 and no test
+    image matches, although float32 rounding puts the products of the unit rows at 1 + 2e-7."""
+    v = _unit(np.random.default_rng(0).normal(size=(1, 64))).astype(np.float32)
+    flip, means = np.repeat(v, 40, 0), np.repeat(v, 5, 0)
+    issame = np.arange(20) % 2 == 0
+    from eval.dataset_stats import nearest
+    assert nearest(flip, means)[0].max() > 1.0                         # the rounding this guards against
+    record, scores, _ = L.match_report(flip, issame, means, [f"id{i}" for i in range(5)], None)
+    assert record["threshold"] == 1.0 and record["images_matched"] == 0 and record["pairs_touched"] == 0
+    assert scores.max() == 1.0
+
 # ----------------------------------------------------------------------------------------------
 # the command line on a pattern world (exact embeddings known by hand) and on the demo data
 # ----------------------------------------------------------------------------------------------
@@ -296,3 +309,25 @@ def test_bad_input_is_one_line_before_heavy_work(tmp_path, capsys, monkeypatch):
     fails(needles=["224", "112"], source=["--onnx", str(W.wrong_input_onnx(tmp_path / "big.onnx"))], code=5)
     fails(needles=["ONNX model not found"], source=["--onnx", str(tmp_path / "none.onnx")], code=5)
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_leakage_world_and_best_threshold(tmp_path):
+    """bench/bench_leakage.py's parts: the injected classes hold exact copies of their identity's test images
+    (the clean folder none), and the best threshold stops before a third false identity."""
+    import bench.bench_leakage as B
+    sizes = B.Sizes(train_ids=3, images=4, val_ids=4, pairs=12, injected=2, copied=1, copies=2)
+    who = B.build_world(tmp_path, sizes)
+    with open(tmp_path / "demo_val.bin", "rb") as f:
+        images, issame = pickle.load(f)
+    assert len(who) == len(images) == 2 * len(issame) and np.array_equal(who[0::2] == who[1::2], issame)
+    clean = sorted(p.name for p in (tmp_path / "clean").iterdir() if p.is_dir())
+    injected = sorted(p.name for p in (tmp_path / "injected").iterdir() if p.is_dir())
+    assert clean == ["id000", "id001", "id002"] and injected == clean + ["zz_leak0", "zz_leak1"]
+    leak0 = [p.read_bytes() for p in sorted((tmp_path / "injected" / "zz_leak0").iterdir())]
+    assert leak0[:2] == [bytes(images[i]) for i in np.flatnonzero(who == 0)[:2]] and len(leak0) == 4
+    test_bytes = {bytes(b) for b in images}
+    assert not any(p.read_bytes() in test_bytes for p in (tmp_path / "injected" / "zz_leak1").iterdir())
+    assert (tmp_path / "clean" / "demo_val.bin").read_bytes() == (tmp_path / "demo_val.bin").read_bytes()
+    strongest = [{"score": s, "identity": n} for s, n in
+                 [(0.9, "zz_leak0"), (0.8, "a"), (0.7, "zz_leak1"), (0.6, "b"), (0.5, "c"), (0.4, "zz_leak2")]]
+    assert B.best_threshold({"strongest": strongest}, {"zz_leak0", "zz_leak1", "zz_leak2"}) == (0.7, 2, 1)

@@ -111,21 +111,25 @@ def write_train_rec(root: str, identities: list[Identity], images_per_id: int, r
     return key
 
 
-def write_verification_bin(path: str, identities: list[Identity], num_pairs: int, rng: np.random.Generator) -> None:
-    """A .bin in the insightface format: (list of 2P JPEG bytes, list of P issame booleans)."""
-    bins, issame = [], []
+def write_verification_bin(path: str, identities: list[Identity], num_pairs: int,
+                           rng: np.random.Generator) -> list[int]:
+    """A .bin in the insightface format: (list of 2P JPEG bytes, list of P issame booleans); returns the
+    index in ``identities`` of every image."""
+    bins, issame, who = [], [], []
     for i in range(num_pairs):
         same = i % 2 == 0
-        a = identities[rng.integers(len(identities))]
+        a = int(rng.integers(len(identities)))
         b = a
-        while not same and b is a:
-            b = identities[rng.integers(len(identities))]
-        bins += [_encode_jpeg(render(a, rng)), _encode_jpeg(render(b, rng))]
+        while not same and b == a:
+            b = int(rng.integers(len(identities)))
+        bins += [_encode_jpeg(render(identities[a], rng)), _encode_jpeg(render(identities[b], rng))]
         issame.append(same)
+        who += [a, b]
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         pickle.dump((bins, issame), f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, path)
+    return who
 
 
 def make_demo_dataset(root: str, num_ids: int = 200, images_per_id: int = 30, num_val_ids: int = 100,
