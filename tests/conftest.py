@@ -38,11 +38,15 @@ def mxnet_python() -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, request):
     """The session's one short demo training run (tests/demo_model.py): trained by the first test that asks,
-    reused by every other (test_train's learning test, the integrity tools' demo-model tests)."""
-    from tests.demo_model import train_demo
-    return train_demo(tmp_path_factory.mktemp("demo_run"))
+    reused by every other (test_train's learning test, the integrity tools' demo-model tests). Under
+    pytest-xdist (.ci/run) every worker has its own session: the first trains in the run's common temp
+    folder under a lock, the others wait and read the result."""
+    from tests.demo_model import shared_demo_run, train_demo
+    if not hasattr(request.config, "workerinput"):
+        return train_demo(tmp_path_factory.mktemp("demo_run"))
+    return shared_demo_run(tmp_path_factory.getbasetemp().parent / "demo_run")
 
 
 @pytest.fixture(scope="session")

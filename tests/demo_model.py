@@ -51,6 +51,15 @@ def write_seen_bin(data: Path, num_ids: int = TRAIN_IDS, seed: int = SEED, pairs
     return path
 
 
+THREADS = 2     # the learning tests' numbers depend on the thread count (short CPU runs): always 2, as on CI
+
+
+def training_env() -> dict[str, str]:
+    """The environment of a learning test's training run: THREADS threads, whatever the suite runs with."""
+    import os
+    return dict(os.environ, OMP_NUM_THREADS=str(THREADS))
+
+
 _BASELINES: dict[tuple, float] = {}     # the learning tests share their data: each baseline once
 
 
@@ -64,12 +73,16 @@ def untrained_accuracy(bin_path: Path, network: str = NETWORK, embedding: int = 
         from backbones import get_model
         from eval.verification import load_bin, test
         data = load_bin(str(bin_path))
-        scores = []
-        for seed in seeds:
-            torch.manual_seed(seed)
-            # batch 20: its activations stay below glibc's mmap threshold (batch 100 page-faults them
-            # in afresh every layer in this process: 14 s instead of 5.5 s per set)
-            scores.append(test(data, get_model(network, num_features=embedding).eval(), 20)[2])
+        scores, threads = [], torch.get_num_threads()
+        torch.set_num_threads(THREADS)      # an untrained network's near-equal embeddings: rounding decides
+        try:
+            for seed in seeds:
+                torch.manual_seed(seed)
+                # batch 20: its activations stay below glibc's mmap threshold (batch 100 page-faults them
+                # in afresh every layer in this process: 14 s instead of 5.5 s per set)
+                scores.append(test(data, get_model(network, num_features=embedding).eval(), 20)[2])
+        finally:
+            torch.set_num_threads(threads)
         _BASELINES[key] = float(np.mean(scores))
     return _BASELINES[key]
 
@@ -109,6 +122,23 @@ class DemoRun:
                                f"{self.stderr[-3000:]}")
 
 
+def shared_demo_run(root: Path) -> DemoRun:
+    """train_demo(root) once for all the processes that ask (an exclusive lock on root.lock); the result is
+    kept in root/run.json for the later ones."""
+    import fcntl
+    import json
+    root.mkdir(parents=True, exist_ok=True)
+    with open(f"{root}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = root / "run.json"
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            return DemoRun(root / "data", root / "out", saved["returncode"], saved["stderr"])
+        run = train_demo(root)
+        record.write_text(json.dumps({"returncode": run.returncode, "stderr": run.stderr}))
+        return run
+
+
 def train_demo(root: Path) -> DemoRun:
     """Generate the demo data in ``root / 'data'`` and train on it in a fresh interpreter."""
     from tests.test_train import write_config
@@ -121,5 +151,5 @@ def train_demo(root: Path) -> DemoRun:
                           batch_size=32, num_epoch=6, warmup_epoch=1, frequent=5, verbose=40, lr=0.1,
                           val_targets=["demo_val", "demo_seen"], num_workers=2)
     result = subprocess.run([sys.executable, "train_v2.py", str(config)], cwd=REPO, capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=600, env=training_env())
     return DemoRun(data, root / "out", result.returncode, result.stderr)

@@ -88,7 +88,7 @@ def test_adaface_demo_learns(tmp_path, demo_run):
                           margin=demo.margin, margin_params=dict(demo.margin_params), num_workers=2,
                           val_targets=["demo_val", "demo_seen"])
     result = subprocess.run([sys.executable, "train_v2.py", str(config)], cwd=REPO, capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=600, env=demo_model.training_env())
     assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "out" / "training.log").read_text()
     assert re.search(r": margin\s+adaface\n", log), "the config dump names the head"
