@@ -127,6 +127,8 @@ def shared_demo_run(root: Path) -> DemoRun:
     kept in root/run.json for the later ones."""
     import fcntl
     import json
+
+    from utils.files import atomic_write_text
     root.mkdir(parents=True, exist_ok=True)
     with open(f"{root}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -135,7 +137,7 @@ def shared_demo_run(root: Path) -> DemoRun:
             saved = json.loads(record.read_text())
             return DemoRun(root / "data", root / "out", saved["returncode"], saved["stderr"])
         run = train_demo(root)
-        record.write_text(json.dumps({"returncode": run.returncode, "stderr": run.stderr}))
+        atomic_write_text(str(record), json.dumps({"returncode": run.returncode, "stderr": run.stderr}))
         return run
 
 
